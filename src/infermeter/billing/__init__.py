@@ -1,0 +1,1 @@
+"""Pricing, invoices, the ledger and its stores."""

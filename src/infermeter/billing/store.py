@@ -1,0 +1,141 @@
+"""The store protocol: tenants, API keys, budgets and the append-only usage ledger.
+
+SQLite (``billing.sqlite_store``) is the embedded default; PostgreSQL comes later behind the
+same protocol. Every method is safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from infermeter.core.records import UsageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    tenant_id: str
+    name: str
+    created_at: datetime
+    budget: Decimal | None  # spend limit in the plan's currency; None = unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str  # public, e.g. "key_..."; the secret is never stored
+    tenant_id: str | None  # None for admin keys
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+    prefix: str  # first characters of the secret, to help people tell keys apart
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """The outcome of an append: ``created`` is False when the request id was already recorded."""
+
+    record: UsageRecord  # the stored record (the first one, for a repeat)
+    seq: int  # ledger position (0-based leaf index)
+    entry_hash: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    ok: bool
+    entries: int
+    first_bad_seq: int | None
+    first_bad_record_id: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One group of ``usage_summary``: key is a day (YYYY-MM-DD), model, or tier."""
+
+    key: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    device_us: int
+    ru_micros: int
+    cost: Decimal
+
+
+AppendCallback = Callable[[AppendResult | BaseException], None]
+
+
+class Store(Protocol):
+    # tenants and keys ------------------------------------------------------
+    def create_tenant(self, name: str, budget: Decimal | None = None) -> Tenant: ...
+
+    def get_tenant(self, tenant_id: str) -> Tenant | None: ...
+
+    def find_tenant(self, name_or_id: str) -> Tenant | None: ...
+
+    def list_tenants(self) -> list[Tenant]: ...
+
+    def set_budget(self, tenant_id: str, budget: Decimal | None) -> Tenant: ...
+
+    def create_key(self, tenant_id: str | None, *, admin: bool = False) -> tuple[ApiKey, str]:
+        """Make a key; returns it and its secret, which is shown once and stored only hashed."""
+        ...
+
+    def revoke_key(self, key_id: str) -> ApiKey: ...
+
+    def lookup_key(self, secret: str) -> ApiKey | None:
+        """The key whose hash matches ``secret`` (revoked keys included; callers check)."""
+        ...
+
+    def list_keys(self, tenant_id: str | None = None) -> list[ApiKey]: ...
+
+    # the ledger -----------------------------------------------------------
+    def append(self, records: Sequence[UsageRecord]) -> list[AppendResult]:
+        """Append in one transaction, idempotent on request id (and record id); durable on return."""
+        ...
+
+    def submit(self, record: UsageRecord, callback: AppendCallback) -> None:
+        """Queue an append for the writer thread's next group commit; ``callback`` runs after commit."""
+        ...
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything submitted so far is committed."""
+        ...
+
+    def get_record(self, record_id: str) -> UsageRecord | None: ...
+
+    def get_by_request(self, request_id: str) -> UsageRecord | None: ...
+
+    def list_records(
+        self,
+        tenant_id: str | None,
+        *,
+        limit: int = 50,
+        after_seq: int | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        include_warmup: bool = False,
+    ) -> list[tuple[int, UsageRecord]]:
+        """Records in ledger order (oldest first) after ``after_seq``; ``None`` tenant = all."""
+        ...
+
+    def usage_summary(
+        self,
+        tenant_id: str | None,
+        group_by: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[UsageRow]: ...
+
+    def spent(self, tenant_id: str) -> Decimal:
+        """Σ cost of the tenant's ledger entries (corrections included)."""
+        ...
+
+    def ledger_size(self) -> int: ...
+
+    def verify(self) -> VerifyReport: ...
+
+    def close(self) -> None: ...

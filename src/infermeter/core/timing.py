@@ -1,0 +1,33 @@
+"""The step-timer seam between runtime (which runs steps) and metering (which times them).
+
+An engine calls ``begin()`` just before it launches a step's work and ``end()`` just after,
+then ``elapsed_us()`` once its own result sync has happened. A GPU timer records CUDA events
+on the engine's stream and reads them at that sync; it never synchronizes for metering.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class StepTimer(Protocol):
+    def begin(self) -> None: ...
+
+    def end(self) -> None: ...
+
+    def elapsed_us(self) -> int:
+        """Device time of the last begin/end pair in integer microseconds (after the step's sync)."""
+        ...
+
+
+class NullTimer:
+    """Metering off: records nothing (used by the metering-overhead benchmark)."""
+
+    def begin(self) -> None:
+        return None
+
+    def end(self) -> None:
+        return None
+
+    def elapsed_us(self) -> int:
+        return 0
