@@ -1,0 +1,34 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+import infermeter
+from infermeter.api import completions, errors, system, usage
+
+
+def create_app(service: Any, *, manage: bool = True) -> FastAPI:
+    """Serve ``service``. With ``manage``, the app starts and stops it with its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage:
+            service.start()
+        try:
+            yield
+        finally:
+            if manage:
+                service.stop()
+
+    app = FastAPI(title="infermeter", version=infermeter.__version__, lifespan=lifespan)
+    app.state.service = service
+    errors.install(app)
+    app.include_router(completions.router)
+    app.include_router(usage.router)
+    app.include_router(system.router)
+    return app

@@ -1,0 +1,84 @@
+"""The one mapping from errors to HTTP: OpenAI's envelope, a 4xx for bad input, never a 500
+for anything a client can cause."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from infermeter.core import errors as e
+
+log = logging.getLogger(__name__)
+
+STATUS: list[tuple[type[e.InfermeterError], int, str]] = [
+    (e.UnknownModel, 404, "invalid_request_error"),
+    (e.InvalidRequest, 400, "invalid_request_error"),
+    (e.AuthError, 401, "authentication_error"),
+    (e.PermissionDenied, 403, "permission_error"),
+    (e.NotFound, 404, "not_found_error"),
+    (e.BudgetExceeded, 402, "insufficient_quota"),
+    (e.Unavailable, 503, "server_error"),
+]
+
+
+def envelope(status: int, message: str, type_: str, param: str | None, code: str | None,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(e.InfermeterError)
+    async def _known(request: Request, exc: e.InfermeterError) -> JSONResponse:
+        for cls, status, type_ in STATUS:
+            if isinstance(exc, cls):
+                if status >= 500:
+                    log.warning("%s: %s", type(exc).__name__, exc.message)
+                return envelope(status, exc.message, type_, exc.param, exc.code)
+        log.error("unmapped %s: %s", type(exc).__name__, exc.message)
+        return envelope(500, exc.message, "server_error", exc.param, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = _loc(tuple(first.get("loc", ())))
+        kind = first.get("type", "")
+        if kind == "json_invalid":
+            msg = ("the request body is not valid JSON "
+                   f"({first.get('ctx', {}).get('error', 'parse error')}); send a JSON object")
+            return envelope(400, msg, "invalid_request_error", None, "invalid_json")
+        if kind == "missing":
+            msg = f"'{where}' is required; add it to the request body"
+        else:
+            value = first.get("input")
+            shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+            msg = f"'{where}' = {shown} is invalid: {first.get('msg', 'bad value')}"
+        return envelope(400, msg, "invalid_request_error", where or None, "invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        msg = str(exc.detail)
+        if exc.status_code == 404:
+            msg = f"{request.method} {request.url.path} does not exist; see /docs for the API"
+        elif exc.status_code == 405:
+            msg = f"{request.method} is not allowed on {request.url.path}"
+        return envelope(exc.status_code, msg, "invalid_request_error", None, None)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return envelope(500, "internal error; the request was not charged", "server_error", None,
+                        "internal_error")

@@ -1,0 +1,41 @@
+"""How usage records are shown over HTTP (one place, so every endpoint agrees)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infermeter.core.money import format_decimal
+from infermeter.core.records import UsageRecord
+
+
+def metering_view(record: UsageRecord) -> dict[str, Any]:
+    """``usage.metering`` of a completion: what the request cost and what priced it."""
+    return {
+        "record_id": record.record_id,
+        "request_id": record.request_id,
+        "device": record.device,
+        "engine_id": record.engine_id,
+        "precision": record.precision.value,
+        "service_tier": record.service_tier.value,
+        "status": record.status.value,
+        "device_ms": float(record.device_ms),
+        "prefill_ms": record.prefill_us / 1000,
+        "decode_ms": record.decode_us / 1000,
+        "kv_mb_s": format_decimal(record.kv_mb_s),
+        "ru": format_decimal(record.ru, 6),
+        "cost": format_decimal(record.cost),
+        "currency": record.currency,
+        "queue_ms": record.queue_ms,
+        "latency_ms": record.latency_ms,
+        "cost_model_version": record.cost_model_version,
+        "ru_table_version": record.ru_table_version,
+        "price_plan_version": record.price_plan_version,
+    }
+
+
+def record_view(record: UsageRecord, seq: int | None = None) -> dict[str, Any]:
+    """A full record for /v1/usage/records: the CloudEvent's data, plus its ledger position."""
+    out = {"object": "usage.record", **record.data()}
+    if seq is not None:
+        out["seq"] = seq
+    return out

@@ -1,0 +1,1 @@
+"""Wiring: builds the store, engines, worker and metering pipeline from settings."""

@@ -1,0 +1,180 @@
+"""The metering pipeline: steps → attribution → per-request meters → RU → price → ledger.
+
+It is the worker's sink. ``on_step`` runs on the worker thread for every step and must stay
+cheap (integer attribution, dict updates). ``on_finish`` prices a request and hands its
+record to the store's group-commit writer; the request's ``on_finish`` callback runs only
+after the record is durable (invariant 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from decimal import Decimal
+
+from infermeter.api.metrics import Metrics
+from infermeter.billing.budgets import Budgets
+from infermeter.billing.pricing import PricePlan
+from infermeter.billing.store import AppendResult, Store
+from infermeter.core.ids import record_id as new_record_id
+from infermeter.core.money import micros_to_decimal
+from infermeter.core.records import StepRecord, UsageRecord, utc_now
+from infermeter.core.types import ServiceTier, Status
+from infermeter.metering.attribution import TOKEN_PROPORTIONAL, CostModel, attribute
+from infermeter.metering.meter import MeterBook
+from infermeter.metering.ru import RuTable
+from infermeter.runtime.engine import EngineInfo
+from infermeter.runtime.worker import FinishedRequest
+
+log = logging.getLogger(__name__)
+
+PLATFORM_TENANT = "platform"
+RESERVE_SAFETY = Decimal(2)
+
+
+@dataclass
+class _Rates:
+    """Running estimates used only to size budget reservations (never to bill)."""
+
+    prefill_us_per_token: float = 1000.0
+    decode_us_per_step: float = 20000.0
+
+    def observe(self, step: StepRecord) -> None:
+        parts = step.participants
+        if step.device_us <= 0:
+            return
+        prefill = sum(p.prefill_tokens for p in parts)
+        decode = sum(p.decode_tokens for p in parts)
+        if prefill and not decode:
+            self.prefill_us_per_token = 0.8 * self.prefill_us_per_token + 0.2 * step.device_us / prefill
+        elif decode and not prefill:
+            # a decode step costs about the same whatever its batch: price it as if alone
+            self.decode_us_per_step = 0.8 * self.decode_us_per_step + 0.2 * step.device_us
+
+
+class MeteringPipeline:
+    def __init__(
+        self,
+        store: Store,
+        budgets: Budgets,
+        plan: PricePlan,
+        ru_table: RuTable,
+        metrics: Metrics,
+        *,
+        enabled: bool = True,
+    ) -> None:
+        self.store = store
+        self.budgets = budgets
+        self.plan = plan
+        self.ru_table = ru_table
+        self.metrics = metrics
+        self.enabled = enabled
+        self.book = MeterBook()
+        self._cost_models: dict[str, CostModel] = {}
+        self._rates: dict[str, _Rates] = {}
+        self._lock = threading.Lock()
+
+    # configuration --------------------------------------------------------------
+    def set_cost_model(self, engine_id: str, model: CostModel) -> None:
+        self._cost_models[engine_id] = model
+
+    def cost_model(self, engine_id: str) -> CostModel:
+        return self._cost_models.get(engine_id, TOKEN_PROPORTIONAL)
+
+    # the worker sink --------------------------------------------------------------
+    def on_step(self, step: StepRecord, kv_bytes: dict[str, int]) -> None:
+        if not self.enabled:
+            return
+        shares = attribute(step, self.cost_model(step.engine_id))
+        self.book.add(step, shares, kv_bytes)
+        self._rates.setdefault(step.engine_id, _Rates()).observe(step)
+        engine = step.engine_id
+        self.metrics.step_seconds.labels(engine).observe(step.device_us / 1e6)
+        self.metrics.step_batch.labels(engine).observe(len(step.participants))
+        if step.warmup:
+            self.metrics.engine_device_ms.labels(engine, "warmup").inc(step.device_us / 1000)
+        else:
+            billed = step.device_us - shares.unattributed_us
+            self.metrics.engine_device_ms.labels(engine, "billed").inc(billed / 1000)
+            self.metrics.engine_device_ms.labels(engine, "unattributed").inc(
+                shares.unattributed_us / 1000)
+
+    def on_finish(self, finished: FinishedRequest) -> None:
+        req = finished.request
+        if not self.enabled:
+            if req.on_finish is not None:
+                req.on_finish(finished)
+            return
+        record = self.build_record(finished)
+
+        def committed(result: AppendResult | BaseException) -> None:
+            if isinstance(result, BaseException):
+                log.error("ledger append failed for %s: %s", req.request_id, result)
+                self.budgets.release(req.request_id)
+                if req.on_finish is not None:
+                    req.on_finish(result)
+                return
+            stored = result.record
+            self.budgets.settle(req.request_id, stored.cost)
+            if result.created:
+                self._count(stored)
+            if req.on_finish is not None:
+                req.on_finish(stored)
+
+        self.store.submit(record, committed)
+
+    # pricing ------------------------------------------------------------------------
+    def build_record(self, finished: FinishedRequest) -> UsageRecord:
+        req, info = finished.request, finished.engine
+        meters = self.book.pop(req.request_id)
+        ru_micros = self.ru_table.ru_micros(info.device_class, info.precision,
+                                            meters.prefill_us, meters.decode_us)
+        cost = Decimal(0) if finished.status == Status.FAILED else self.plan.cost(ru_micros, req.tier)
+        return UsageRecord(
+            record_id=new_record_id(), request_id=req.request_id, tenant_id=req.tenant_id,
+            model=info.model, engine_id=info.engine_id, device=info.device,
+            precision=info.precision, service_tier=req.tier, status=finished.status,
+            prompt_tokens=finished.prompt_tokens, completion_tokens=finished.completion_tokens,
+            cached_tokens=0, device_us=meters.device_us, prefill_us=meters.prefill_us,
+            decode_us=meters.decode_us, kv_mb_s=meters.kv_mb_s, ru_micros=ru_micros, cost=cost,
+            currency=self.plan.currency, queue_ms=finished.queue_ms,
+            latency_ms=finished.latency_ms, started_at=finished.started_at,
+            ended_at=finished.ended_at, cost_model_version=self.cost_model(info.engine_id).version,
+            ru_table_version=self.ru_table.version, price_plan_version=self.plan.version,
+        )
+
+    def warmup_record(self, info: EngineInfo, steps: list[StepRecord]) -> UsageRecord:
+        """Engine load and warm-up: platform overhead, ``warmup=True``, priced at zero."""
+        device_us = sum(s.device_us for s in steps)
+        now = utc_now()
+        return UsageRecord(
+            record_id=new_record_id(), request_id=f"warmup:{info.engine_id}:{now.isoformat()}",
+            tenant_id=PLATFORM_TENANT, model=info.model, engine_id=info.engine_id,
+            device=info.device, precision=info.precision, service_tier=ServiceTier.DEFAULT,
+            status=Status.COMPLETED, prompt_tokens=0, completion_tokens=0, cached_tokens=0,
+            device_us=device_us, prefill_us=0, decode_us=0, kv_mb_s=Decimal(0), ru_micros=0,
+            cost=Decimal(0), currency=self.plan.currency, queue_ms=0, latency_ms=device_us // 1000,
+            started_at=now, ended_at=now, cost_model_version=self.cost_model(info.engine_id).version,
+            ru_table_version=self.ru_table.version, price_plan_version=self.plan.version,
+            warmup=True,
+        )
+
+    def estimate_cost(self, info: EngineInfo, tier: ServiceTier, prompt_tokens: int,
+                      max_tokens: int) -> Decimal:
+        """A bounded worst case for the budget reservation: never used as a price."""
+        rates = self._rates.get(info.engine_id, _Rates())
+        prefill_us = int(rates.prefill_us_per_token * prompt_tokens)
+        decode_us = int(rates.decode_us_per_step * max_tokens)
+        ru = self.ru_table.ru_micros(info.device_class, info.precision, prefill_us, decode_us)
+        return self.plan.cost(ru, tier) * RESERVE_SAFETY
+
+    def _count(self, record: UsageRecord) -> None:
+        labels = (record.tenant_id, record.service_tier.value, record.model)
+        m = self.metrics
+        m.requests.labels(*labels, record.status.value).inc()
+        m.tokens.labels(*labels, "prompt").inc(record.prompt_tokens)
+        m.tokens.labels(*labels, "completion").inc(record.completion_tokens)
+        m.device_ms.labels(*labels).inc(record.device_us / 1000)
+        m.ru.labels(*labels).inc(float(micros_to_decimal(record.ru_micros)))
+        m.cost.labels(*labels, record.currency).inc(float(record.cost))

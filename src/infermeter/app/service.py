@@ -1,0 +1,117 @@
+"""The service: one process holding the store, the engines, one worker and the pipeline.
+
+``Service.from_settings`` builds the embedded default (SQLite, ONNX Runtime on CPU, the
+built-in model). Tests inject engines (e.g. ``FakeEngine``) through ``Service(...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from infermeter.api.metrics import Metrics
+from infermeter.billing.budgets import Budgets
+from infermeter.billing.pricing import DEFAULT_PLAN, PricePlan
+from infermeter.billing.sqlite_store import SqliteStore
+from infermeter.billing.store import Store
+from infermeter.config import Settings
+from infermeter.core.timing import NullTimer
+from infermeter.metering.ru import SEED_TABLE, RuTable
+from infermeter.metering.timers import CpuStepTimer
+from infermeter.runtime.engine import Engine, EngineInfo, Tokenizer
+from infermeter.runtime.router import Router
+from infermeter.runtime.scheduler import SchedulerConfig
+from infermeter.runtime.worker import Worker
+
+from .pipeline import MeteringPipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedEngine:
+    engine: Engine
+    tokenizer: Tokenizer
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        engines: Sequence[LoadedEngine],
+        *,
+        store: Store | None = None,
+        plan: PricePlan = DEFAULT_PLAN,
+        ru_table: RuTable = SEED_TABLE,
+    ) -> None:
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self.store: Store = store or SqliteStore(settings.db_path, synchronous=settings.synchronous)
+        self.metrics = Metrics()
+        limit_default = Decimal(settings.default_budget) if settings.default_budget else None
+        self.budgets = Budgets(spent_of=self.store.spent, limit_of=self._limit_of)
+        self._limit_default = limit_default
+        self.plan = plan
+        self.ru_table = ru_table
+        self.pipeline = MeteringPipeline(self.store, self.budgets, plan, ru_table, self.metrics,
+                                         enabled=settings.metering)
+        self.worker = Worker(self.pipeline)
+        self.tokenizers: dict[str, Tokenizer] = {}
+        for loaded in engines:
+            info = loaded.engine.info
+            self.worker.add_engine(loaded.engine, loaded.tokenizer, SchedulerConfig(
+                max_batch=min(settings.max_batch, info.max_batch),
+                token_budget=settings.token_budget,
+                prefill_chunk=settings.prefill_chunk,
+                max_seq_len=info.max_seq_len,
+            ))
+            self.tokenizers[info.engine_id] = loaded.tokenizer
+        self.router = Router(e.engine.info for e in engines)
+        self._engines = list(engines)
+        self.started = False
+
+    def _limit_of(self, tenant_id: str) -> Decimal | None:
+        tenant = self.store.get_tenant(tenant_id)
+        if tenant is None:
+            return self._limit_default
+        return tenant.budget
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Service:
+        from infermeter.app.engines import load_default_engines
+
+        timer_factory = CpuStepTimer if settings.metering else NullTimer
+        return cls(settings, load_default_engines(settings, timer_factory))
+
+    def engine_infos(self) -> list[EngineInfo]:
+        return [e.engine.info for e in self._engines]
+
+    def start(self) -> None:
+        """Warm every engine (platform overhead, never billed), then start the worker."""
+        if self.started:
+            return
+        for loaded in self._engines:
+            info = loaded.engine.info
+            if self.settings.warmup_steps > 0:
+                prompt = loaded.tokenizer.encode("Warm-up: the quick brown fox jumps over the lazy dog.")
+                steps = self.worker.warmup(info.engine_id, prompt, self.settings.warmup_steps)
+                if self.settings.metering:
+                    self.store.append([self.pipeline.warmup_record(info, steps)])
+        self.worker.start()
+        self.started = True
+        log.info("serving %s", ", ".join(e.engine_id for e in self.engine_infos()))
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.store.flush(timeout=10)
+        for loaded in self._engines:
+            loaded.engine.close()
+        self.store.close()
+        self.started = False
+
+    @property
+    def home(self) -> Path:
+        return self.settings.home

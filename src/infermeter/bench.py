@@ -1,0 +1,191 @@
+"""``infermeter bench``: the figures in docs/benchmarks.md, measured in one run.
+
+(a) metering overhead: tokens/s with metering on ÷ off, same engine, same workload,
+    rounds interleaved (on, off, on, off, …) so machine noise hits both alike;
+(b) durable ledger appends per second: group commit, hash-linking, synchronous=FULL;
+(c) the gateway's added latency: p50 of a request through HTTP (auth, validation, admission,
+    worker, metering, durable ledger append, JSON) minus p50 of the same request run on the
+    engine directly, calls interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from infermeter.config import load_settings
+
+console = Console(highlight=False)
+
+
+def _machine() -> str:
+    import os
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_batch(service: Any, prompts: list[list[int]], max_tokens: int, engine_id: str) -> tuple[int, float]:
+    """Submit all requests at once to the worker; wait for all; return (tokens, seconds)."""
+    from infermeter.core.ids import request_id
+    from infermeter.core.types import ServiceTier
+    from infermeter.runtime.sampling import SamplingParams
+    from infermeter.runtime.worker import GenerationRequest
+
+    done = threading.Semaphore(0)
+    tokens = 0
+    lock = threading.Lock()
+
+    def finished(outcome: object) -> None:
+        nonlocal tokens
+        n = getattr(outcome, "completion_tokens", 0)
+        with lock:
+            tokens += n
+        done.release()
+
+    start = time.perf_counter()
+    for ids in prompts:
+        service.worker.submit(GenerationRequest(
+            request_id=request_id(), tenant_id="bench", model="tiny-gpt", engine_id=engine_id,
+            tier=ServiceTier.DEFAULT, prompt_ids=ids, max_tokens=max_tokens,
+            sampling=SamplingParams(temperature=0.0), on_finish=finished))
+    for _ in prompts:
+        done.acquire()
+    return tokens, time.perf_counter() - start
+
+
+def bench_metering(home: Path, rounds: int, requests: int, max_tokens: int) -> dict[str, Any]:
+    from infermeter.app.service import Service
+    from infermeter.core.timing import NullTimer
+    from infermeter.metering.timers import CpuStepTimer
+
+    settings = load_settings({"home": home, "warmup_steps": 2}, env={})
+    service = Service.from_settings(settings)
+    service.start()
+    try:
+        info = service.engine_infos()[0]
+        engine = service._engines[0].engine
+        tok = service._engines[0].tokenizer
+        prompts = [tok.encode(f"Request {i}: " + "tell me about the ledger. " * (1 + i % 4))
+                   for i in range(requests)]
+        on: list[float] = []
+        off: list[float] = []
+        for _ in range(rounds):
+            for metered in (True, False):
+                engine.timer = CpuStepTimer() if metered else NullTimer()
+                service.pipeline.enabled = metered
+                n, secs = _run_batch(service, prompts, max_tokens, info.engine_id)
+                (on if metered else off).append(n / secs)
+        service.pipeline.enabled = True
+    finally:
+        service.stop()
+    ratio = statistics.median(a / b for a, b in zip(on, off, strict=True))
+    return {"tokens_per_s_on": statistics.median(on), "tokens_per_s_off": statistics.median(off),
+            "ratio_on_off": ratio, "rounds": rounds, "requests": requests, "max_tokens": max_tokens,
+            "engine": info.engine_id}
+
+
+def bench_ledger(home: Path, n: int) -> dict[str, Any]:
+    from infermeter.billing.bench_ledger import bench_appends
+
+    rate = bench_appends(home / "ledger-bench.db", n)
+    return {"appends_per_s": rate, "n": n, "synchronous": "FULL", "journal": "WAL"}
+
+
+def bench_gateway(home: Path, n: int) -> dict[str, Any]:
+    import httpx
+
+    from infermeter.api.app import create_app
+    from infermeter.app.service import Service
+    from infermeter.runtime.engine import SeqInput
+
+    settings = load_settings({"home": home, "warmup_steps": 2}, env={})
+    service = Service.from_settings(settings)
+    tenant = service.store.create_tenant("bench-gw")
+    _, secret = service.store.create_key(tenant.tenant_id)
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    engine = service._engines[0].engine
+    tok = service._engines[0].tokenizer
+    body = {"model": "tiny-gpt", "prompt": "Hello there", "max_tokens": 1, "temperature": 0}
+    ids = tok.encode(body["prompt"])
+    direct: list[float] = []
+    gateway: list[float] = []
+    headers = {"authorization": f"Bearer {secret}"}
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as client:
+            for _ in range(5):
+                client.post("/v1/completions", json=body)
+            for i in range(n):
+                # the worker is idle between these sequential calls, so the engine is free
+                t0 = time.perf_counter()
+                engine.step([SeqInput(f"direct-{i}", ids)])
+                engine.release(f"direct-{i}")
+                direct.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                resp = client.post("/v1/completions", json=body)
+                gateway.append(time.perf_counter() - t0)
+                assert resp.status_code == 200, resp.text
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    p50_direct = statistics.median(direct) * 1000
+    p50_gateway = statistics.median(gateway) * 1000
+    return {"p50_direct_ms": p50_direct, "p50_gateway_ms": p50_gateway,
+            "added_p50_ms": p50_gateway - p50_direct, "n": n}
+
+
+def run_benchmarks(args: argparse.Namespace) -> int:
+    quick = bool(args.quick)
+    sizes = {"rounds": 2 if quick else 5, "requests": 4 if quick else 16,
+             "max_tokens": 8 if quick else 32, "appends": 5_000 if quick else 200_000,
+             "gateway": 20 if quick else 200}
+    results: dict[str, Any] = {"machine": _machine(), "date": time.strftime("%Y-%m-%d"),
+                               "quick": quick}
+    with tempfile.TemporaryDirectory(prefix="infermeter-bench-") as tmp:
+        base = Path(tmp)
+        console.print("(a) metering on/off …")
+        results["metering"] = bench_metering(base / "a", sizes["rounds"], sizes["requests"],
+                                             sizes["max_tokens"])
+        console.print("(b) ledger appends …")
+        results["ledger"] = bench_ledger(base, sizes["appends"])
+        console.print("(c) gateway latency …")
+        results["gateway"] = bench_gateway(base / "c", sizes["gateway"])
+    table = Table("benchmark", "result", "goal")
+    m, l, g = results["metering"], results["ledger"], results["gateway"]
+    table.add_row("(a) tokens/s metering on ÷ off",
+                  f"{m['ratio_on_off']:.4f} ({m['tokens_per_s_on']:.0f} / {m['tokens_per_s_off']:.0f} tok/s)",
+                  "≥ 0.99")
+    table.add_row("(b) durable ledger appends/s", f"{l['appends_per_s']:,.0f}", "≥ 50,000")
+    table.add_row("(c) gateway added p50 latency",
+                  f"{g['added_p50_ms']:.3f} ms ({g['p50_gateway_ms']:.3f} − {g['p50_direct_ms']:.3f})",
+                  "< 1 ms")
+    console.print(table)
+    console.print(f"machine: {results['machine']}; date {results['date']}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+    return 0

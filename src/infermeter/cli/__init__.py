@@ -1,0 +1,1 @@
+"""The ``infermeter`` command line: thin commands; the one place errors become exit codes."""

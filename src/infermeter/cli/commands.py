@@ -1,0 +1,301 @@
+"""The commands. Each reads settings once, opens what it needs, prints, returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from infermeter.billing.invoices import build_invoice, invoice_to_csv, invoice_to_json, period_bounds
+from infermeter.billing.sqlite_store import SqliteStore
+from infermeter.billing.store import Tenant
+from infermeter.config import Settings, load_settings
+from infermeter.core.errors import ConfigError, InvalidRequest, LedgerIntegrityError, NotFound
+from infermeter.core.money import format_decimal
+
+out = Console(highlight=False)
+
+
+def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
+    return load_settings({"home": args.home, **extra})
+
+
+def open_store(settings: Settings) -> SqliteStore:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return SqliteStore(settings.db_path, synchronous=settings.synchronous)
+
+
+def _budget(text: str | None) -> Decimal | None:
+    if text is None or text.lower() in ("none", "unlimited"):
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise InvalidRequest(f"--budget {text!r} is not a decimal amount; use e.g. 25.00 or 'none'") from None
+    if value < 0 or not value.is_finite():
+        raise InvalidRequest(f"--budget {text} must be a non-negative amount")
+    return value
+
+
+def _tenant(store: SqliteStore, name: str) -> Tenant:
+    tenant = store.find_tenant(name)
+    if tenant is None:
+        raise NotFound(f"no tenant named or with id {name!r}; list them with `infermeter tenants list`")
+    return tenant
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+# serve -----------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from infermeter.api.app import create_app
+    from infermeter.app.service import Service
+
+    overrides = {"host": args.host, "port": args.port, "max_batch": args.max_batch,
+                 "intra_op_threads": args.threads, "log_level": args.log_level}
+    if args.no_int8:
+        overrides["int8"] = False
+    settings = settings_from(args, **overrides)
+    out.print(f"infermeter: data in [bold]{settings.home.resolve()}[/]; loading engines…")
+    service = Service.from_settings(settings)
+    if not service.store.list_tenants():
+        tenant = service.store.create_tenant("demo")
+        _, secret = service.store.create_key(tenant.tenant_id)
+        _, admin = service.store.create_key(None, admin=True)
+        out.print("First start: created tenant [bold]demo[/] and keys (shown once, stored hashed):")
+        out.print(f"  tenant key (demo): [bold green]{secret}[/]")
+        out.print(f"  admin key:         [bold yellow]{admin}[/]")
+    app = create_app(service)
+    out.print(f"OpenAI-compatible API on [bold]http://{settings.host}:{settings.port}/v1[/] "
+              f"(model {settings.model}); metrics at /metrics")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+# tenants and keys -------------------------------------------------------------------
+def cmd_tenants_create(args: argparse.Namespace) -> int:
+    store = open_store(settings_from(args))
+    try:
+        if store.find_tenant(args.name) is not None:
+            raise InvalidRequest(f"tenant {args.name!r} exists already; pick another name or "
+                                 "create a key for it with `infermeter keys create --tenant NAME`")
+        tenant = store.create_tenant(args.name, _budget(args.budget))
+        key, secret = store.create_key(tenant.tenant_id)
+    finally:
+        store.close()
+    if args.json:
+        _emit_json({"tenant_id": tenant.tenant_id, "name": tenant.name, "key_id": key.key_id,
+                    "api_key": secret, "budget": None if tenant.budget is None else str(tenant.budget)})
+    else:
+        out.print(f"tenant [bold]{tenant.name}[/] ({tenant.tenant_id})")
+        out.print(f"API key (shown once): [bold green]{secret}[/]")
+    return 0
+
+
+def cmd_tenants_list(args: argparse.Namespace) -> int:
+    store = open_store(settings_from(args))
+    try:
+        tenants = store.list_tenants()
+    finally:
+        store.close()
+    if args.json:
+        _emit_json([{"tenant_id": t.tenant_id, "name": t.name,
+                     "budget": None if t.budget is None else str(t.budget)} for t in tenants])
+        return 0
+    table = Table("tenant", "id", "budget")
+    for t in tenants:
+        table.add_row(t.name, t.tenant_id, "unlimited" if t.budget is None else str(t.budget))
+    out.print(table)
+    return 0
+
+
+def cmd_tenants_budget(args: argparse.Namespace) -> int:
+    store = open_store(settings_from(args))
+    try:
+        tenant = store.set_budget(_tenant(store, args.name).tenant_id, _budget(args.amount))
+    finally:
+        store.close()
+    out.print(f"budget of {tenant.name}: {'unlimited' if tenant.budget is None else tenant.budget}")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    if bool(args.tenant) == bool(args.admin):
+        raise InvalidRequest("give exactly one of --tenant NAME or --admin")
+    store = open_store(settings_from(args))
+    try:
+        tenant_id = _tenant(store, args.tenant).tenant_id if args.tenant else None
+        key, secret = store.create_key(tenant_id, admin=args.admin)
+    finally:
+        store.close()
+    if args.json:
+        _emit_json({"key_id": key.key_id, "tenant_id": key.tenant_id, "admin": key.admin,
+                    "api_key": secret})
+    else:
+        out.print(f"key {key.key_id} ({'admin' if key.admin else key.tenant_id}): "
+                  f"[bold green]{secret}[/] (shown once)")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    store = open_store(settings_from(args))
+    try:
+        key = store.revoke_key(args.key_id)
+    finally:
+        store.close()
+    out.print(f"revoked {key.key_id}")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    store = open_store(settings_from(args))
+    try:
+        tenant_id = _tenant(store, args.tenant).tenant_id if args.tenant else None
+        keys = store.list_keys(tenant_id)
+    finally:
+        store.close()
+    table = Table("key", "tenant", "admin", "prefix", "revoked")
+    for k in keys:
+        table.add_row(k.key_id, k.tenant_id or "-", "yes" if k.admin else "no", k.prefix,
+                      k.revoked_at.isoformat() if k.revoked_at else "")
+    out.print(table)
+    return 0
+
+
+# usage, invoices, ledger ------------------------------------------------------------
+def cmd_usage(args: argparse.Namespace) -> int:
+    store = open_store(settings_from(args))
+    try:
+        tenant_id = _tenant(store, args.tenant).tenant_id if args.tenant else None
+        rows = store.usage_summary(tenant_id, args.group_by)
+    finally:
+        store.close()
+    if args.json:
+        _emit_json([{"key": r.key, "requests": r.requests, "prompt_tokens": r.prompt_tokens,
+                     "completion_tokens": r.completion_tokens, "device_ms": r.device_us / 1000,
+                     "ru": format_decimal(Decimal(r.ru_micros).scaleb(-6)),
+                     "cost": format_decimal(r.cost)} for r in rows])
+        return 0
+    table = Table(args.group_by, "requests", "prompt tok", "completion tok", "device ms", "RU", "cost")
+    for r in rows:
+        table.add_row(r.key, str(r.requests), str(r.prompt_tokens), str(r.completion_tokens),
+                      f"{r.device_us / 1000:,.3f}", format_decimal(Decimal(r.ru_micros).scaleb(-6)),
+                      format_decimal(r.cost))
+    out.print(table)
+    return 0
+
+
+def cmd_invoice(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    start, end = period_bounds(args.period)
+    store = open_store(settings)
+    try:
+        tenant = _tenant(store, args.tenant)
+        records = [r for _, r in store.list_records(tenant.tenant_id, limit=10**9, start=start, end=end)]
+    finally:
+        store.close()
+    from infermeter.billing.pricing import DEFAULT_PLAN
+
+    inv = build_invoice(tenant.tenant_id, args.period, records, DEFAULT_PLAN.currency)
+    if args.format == "csv":
+        sys.stdout.write(invoice_to_csv(inv))
+    else:
+        _emit_json(invoice_to_json(inv))
+    return 0
+
+
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    store = open_store(settings_from(args))
+    try:
+        report = store.verify()
+    finally:
+        store.close()
+    if args.json:
+        _emit_json({"ok": report.ok, "entries": report.entries, "first_bad_seq": report.first_bad_seq,
+                    "first_bad_record_id": report.first_bad_record_id, "message": report.message})
+        return 0 if report.ok else 1
+    if not report.ok:
+        raise LedgerIntegrityError(report.message, seq=report.first_bad_seq)
+    out.print(f"[green]ledger intact[/]: {report.entries:,} entries verified. {report.message}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from infermeter.bench import run_benchmarks
+
+    if args.quick and args.full:
+        raise ConfigError("give at most one of --quick and --full")
+    return run_benchmarks(args)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the OpenAI-compatible server on the built-in model")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--max-batch", type=int, dest="max_batch")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (0 = all cores)")
+    p.add_argument("--no-int8", action="store_true", help="do not build/serve the INT8 flex engine")
+    p.add_argument("--log-level", dest="log_level")
+    p.set_defaults(handler=cmd_serve)
+
+    tenants = sub.add_parser("tenants", help="create and list tenants").add_subparsers(
+        dest="tenants_command", required=True, metavar="ACTION")
+    p = tenants.add_parser("create", help="create a tenant and print its first API key")
+    p.add_argument("name")
+    p.add_argument("--budget", help="spend limit in the plan currency (default unlimited)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_tenants_create)
+    p = tenants.add_parser("list", help="list tenants")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_tenants_list)
+    p = tenants.add_parser("budget", help="set a tenant's spend limit ('none' = unlimited)")
+    p.add_argument("name")
+    p.add_argument("amount")
+    p.set_defaults(handler=cmd_tenants_budget)
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION")
+    p = keys.add_parser("create", help="create a tenant key (--tenant) or an admin key (--admin)")
+    p.add_argument("--tenant")
+    p.add_argument("--admin", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_keys_create)
+    p = keys.add_parser("revoke", help="revoke a key by its id")
+    p.add_argument("key_id")
+    p.set_defaults(handler=cmd_keys_revoke)
+    p = keys.add_parser("list", help="list keys (never their secrets)")
+    p.add_argument("--tenant")
+    p.set_defaults(handler=cmd_keys_list)
+
+    p = sub.add_parser("usage", help="usage summary (all tenants, or one)")
+    p.add_argument("--tenant")
+    p.add_argument("--group-by", dest="group_by", choices=["day", "model", "tier"], default="day")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_usage)
+
+    p = sub.add_parser("invoice", help="a tenant's invoice for a month")
+    p.add_argument("tenant")
+    p.add_argument("--period", required=True, help="YYYY-MM")
+    p.add_argument("--format", choices=["json", "csv"], default="json")
+    p.set_defaults(handler=cmd_invoice)
+
+    ledger = sub.add_parser("ledger", help="verify the usage ledger").add_subparsers(
+        dest="ledger_command", required=True, metavar="ACTION")
+    p = ledger.add_parser("verify", help="check every entry's hash chain; exit 1 naming the first bad one")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_ledger_verify)
+
+    p = sub.add_parser("bench", help="run the benchmarks and print a table")
+    p.add_argument("--quick", action="store_true", help="small workloads (seconds)")
+    p.add_argument("--full", action="store_true", help="the sizes reported in docs/benchmarks.md")
+    p.add_argument("--json", dest="json_out", help="also write results to this JSON file")
+    p.set_defaults(handler=cmd_bench)

@@ -1,0 +1,86 @@
+"""Typed settings, read once. Precedence: command-line flags > environment > defaults.
+
+Environment variables are ``INFERMETER_<FIELD>`` (e.g. ``INFERMETER_HOME``,
+``INFERMETER_PORT``). Each component receives only its own values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from infermeter.core.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path = Path(".infermeter")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str = "tiny-gpt"
+    # engines
+    int8: bool = True  # build and serve the INT8 economy engine for service_tier=flex
+    intra_op_threads: int = 0  # 0 = onnxruntime's default (all cores)
+    warmup_steps: int = 4
+    # scheduler
+    max_batch: int = 16
+    token_budget: int = 512
+    prefill_chunk: int = 256
+    # metering and billing
+    metering: bool = True
+    synchronous: str = "FULL"  # SQLite synchronous mode for the ledger
+    default_budget: str | None = None  # per-tenant spend limit for new tenants; None = unlimited
+    log_level: str = "info"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "infermeter.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def engines_dir(self) -> Path:
+        return self.home / "engines"
+
+
+def _coerce(name: str, raw: str, default: Any) -> Any:
+    kind = type(default)
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(
+            f"INFERMETER_{name.upper()}={raw!r} is not a valid {kind.__name__}; "
+            f"unset it or give a value like {default!r}"
+        ) from None
+    return raw
+
+
+def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Defaults, then ``INFERMETER_*`` variables, then explicit overrides (flags) that are not None."""
+    env = dict(os.environ) if env is None else env
+    base = Settings()
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(f"INFERMETER_{f.name.upper()}")
+        if raw is not None and raw != "":
+            values[f.name] = _coerce(f.name, raw, getattr(base, f.name))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    settings = replace(base, **values)
+    if settings.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError(f"synchronous={settings.synchronous!r}; use NORMAL, FULL or EXTRA")
+    return settings

@@ -1,0 +1,1 @@
+"""Step timers, attribution, per-request meters, window sampling and Resource Units."""

@@ -1,0 +1,219 @@
+"""Continuous batching, pure: ``schedule()`` returns a plan, ``update()`` folds results back.
+
+No clocks, threads or devices. Each step the scheduler fills a per-step token budget:
+
+1. running sequences in decode, one token each — ``default`` tier before ``flex``;
+2. running sequences still in prefill, next chunk;
+3. waiting requests join the running batch (up to ``max_batch``), ``default`` before
+   ``flex``, oldest first; a long prompt is prefilled in chunks over several steps.
+
+New requests therefore join running batches at the next step, and ``flex`` work only uses
+the budget that ``default`` work leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from infermeter.core.records import Participant
+from infermeter.core.types import ServiceTier
+
+TIER_RANK = {ServiceTier.DEFAULT: 0, ServiceTier.FLEX: 1}
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # eos token or a stop string
+    LENGTH = "length"  # max_tokens or the engine's context limit
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_batch: int = 16
+    token_budget: int = 512  # new tokens per step, all sequences together
+    prefill_chunk: int = 256  # most prompt tokens one sequence prefills in one step
+    max_seq_len: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.token_budget < 1 or self.prefill_chunk < 1:
+            raise ValueError(f"scheduler limits must be >= 1, got {self}")
+
+
+@dataclass(slots=True)
+class SeqState:
+    """A request as the scheduler sees it. ``computed`` tokens are in the engine's KV cache."""
+
+    request_id: str
+    tier: ServiceTier
+    prompt: list[int]
+    max_tokens: int
+    arrival: int  # admission order, assigned by the scheduler
+    eos_token_id: int | None = None
+    computed: int = 0
+    output: list[int] = field(default_factory=list)
+    finished: FinishReason | None = None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.computed < len(self.prompt)
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanItem:
+    request_id: str
+    tokens: tuple[int, ...]  # fed this step
+    context: int  # tokens already cached before them
+    samples: bool  # True when this step's logits yield the next token
+    decode: bool
+
+    def participant(self) -> Participant:
+        if self.decode:
+            return Participant(self.request_id, 0, self.context, len(self.tokens))
+        return Participant(self.request_id, len(self.tokens), self.context, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    items: tuple[PlanItem, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    request_id: str
+    reason: FinishReason
+    output: tuple[int, ...]
+
+
+class Scheduler:
+    """Holds waiting and running sequences for one engine."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self._waiting: list[SeqState] = []
+        self._running: list[SeqState] = []
+        self._arrivals = 0
+
+    # admission ----------------------------------------------------------------
+    def add(
+        self,
+        request_id: str,
+        prompt: Iterable[int],
+        *,
+        max_tokens: int,
+        tier: ServiceTier = ServiceTier.DEFAULT,
+        eos_token_id: int | None = None,
+    ) -> SeqState:
+        tokens = list(prompt)
+        if not tokens:
+            raise ValueError("a request needs at least one prompt token")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if len(tokens) >= self.config.max_seq_len:
+            raise ValueError(
+                f"prompt has {len(tokens)} tokens; the engine accepts at most "
+                f"{self.config.max_seq_len - 1}"
+            )
+        seq = SeqState(request_id, tier, tokens, max_tokens, self._arrivals, eos_token_id)
+        self._arrivals += 1
+        self._waiting.append(seq)
+        return seq
+
+    def abort(self, request_id: str, reason: FinishReason = FinishReason.CANCELLED) -> Finished | None:
+        """Stop a waiting or running request; returns its final state, or None if unknown."""
+        for queue in (self._waiting, self._running):
+            for seq in queue:
+                if seq.request_id == request_id:
+                    queue.remove(seq)
+                    seq.finished = reason
+                    return Finished(request_id, reason, tuple(seq.output))
+        return None
+
+    def get(self, request_id: str) -> SeqState | None:
+        for seq in (*self._running, *self._waiting):
+            if seq.request_id == request_id:
+                return seq
+        return None
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def has_tier(self, tier: ServiceTier) -> bool:
+        return any(s.tier == tier for s in (*self._running, *self._waiting))
+
+    # planning -----------------------------------------------------------------
+    def schedule(self) -> StepPlan:
+        budget = self.config.token_budget
+        items: list[PlanItem] = []
+        running = sorted(self._running, key=lambda s: (TIER_RANK[s.tier], s.arrival))
+        for seq in running:
+            if budget == 0:
+                break
+            if not seq.prefilling:
+                items.append(PlanItem(seq.request_id, (seq.output[-1],), seq.length - 1, True, True))
+                budget -= 1
+        for seq in running:
+            if budget == 0:
+                break
+            if seq.prefilling:
+                item = self._prefill_item(seq, budget)
+                items.append(item)
+                budget -= len(item.tokens)
+        self._waiting.sort(key=lambda s: (TIER_RANK[s.tier], s.arrival))
+        while self._waiting and budget > 0 and len(self._running) < self.config.max_batch:
+            seq = self._waiting.pop(0)
+            self._running.append(seq)
+            item = self._prefill_item(seq, budget)
+            items.append(item)
+            budget -= len(item.tokens)
+        return StepPlan(tuple(items))
+
+    def _prefill_item(self, seq: SeqState, budget: int) -> PlanItem:
+        n = min(len(seq.prompt) - seq.computed, budget, self.config.prefill_chunk)
+        chunk = tuple(seq.prompt[seq.computed : seq.computed + n])
+        completes = seq.computed + n == len(seq.prompt)
+        return PlanItem(seq.request_id, chunk, seq.computed, completes, False)
+
+    # results ------------------------------------------------------------------
+    def update(self, plan: StepPlan, sampled: Mapping[str, int]) -> list[Finished]:
+        """Fold a step's sampled tokens back; returns the requests that finished."""
+        done: list[Finished] = []
+        by_id = {s.request_id: s for s in self._running}
+        for item in plan.items:
+            seq = by_id.get(item.request_id)
+            if seq is None:  # aborted while the step ran
+                continue
+            seq.computed += len(item.tokens)
+            if not item.samples:
+                continue
+            token = sampled[item.request_id]
+            seq.output.append(token)
+            reason = self._stop_reason(seq, token)
+            if reason is not None:
+                seq.finished = reason
+                self._running.remove(seq)
+                done.append(Finished(seq.request_id, reason, tuple(seq.output)))
+        return done
+
+    def _stop_reason(self, seq: SeqState, token: int) -> FinishReason | None:
+        if seq.eos_token_id is not None and token == seq.eos_token_id:
+            return FinishReason.STOP
+        if len(seq.output) >= seq.max_tokens or seq.length >= self.config.max_seq_len:
+            return FinishReason.LENGTH
+        return None
