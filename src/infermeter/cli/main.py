@@ -16,6 +16,9 @@ from infermeter.core import errors as e
 
 from . import commands
 
+# Each module adds its subcommands with ``register(subparsers)``; add new areas here.
+COMMAND_MODULES = [commands]
+
 EXIT_CODES: list[tuple[type[e.InfermeterError], int]] = [
     (e.LedgerIntegrityError, 1),
     (e.ConfigError, 2),
@@ -32,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--home", help="data directory (env INFERMETER_HOME; default ./.infermeter)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 
