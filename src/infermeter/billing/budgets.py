@@ -1,0 +1,169 @@
+"""Tenant spend limits, enforced by reserve-then-settle.
+
+At admission a request reserves a bounded worst-case cost; it is admitted only if
+spent + reserved + amount <= limit. When its usage record is durable the reservation is
+settled to the measured cost (reserved -= reservation, spent += actual); a request that
+fails before billing releases its reservation. Settle and release are idempotent on the
+request id, so a retried callback never charges twice.
+
+Design: embedded, single process. A tenant's spent total is loaded once from the store
+(``spent_of``) and then maintained in memory under one lock; it stays right because every
+billed record of this process passes through ``settle``. Corrections appended elsewhere
+reach it via ``refresh(tenant_id, spent=True)``. The PostgreSQL path does the same check in
+one conditional UPDATE per budget row, so several processes can share a limit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from infermeter.core.errors import BudgetExceeded, InvalidRequest
+from infermeter.core.money import format_decimal, to_decimal
+
+# How many finished request ids to remember for idempotency; older repeats are caught by
+# the ledger's own idempotency on request id.
+FINISHED_MEMORY = 100_000
+
+
+@dataclass(slots=True)
+class _Account:
+    limit: Decimal | None
+    spent: Decimal
+    reserved: Decimal
+
+
+def _amount(value: Decimal, what: str) -> Decimal:
+    amount = to_decimal(value)  # refuses floats
+    if not amount.is_finite():
+        raise ValueError(f"{what} must be a finite Decimal, got {amount}")
+    return amount
+
+
+class Budgets:
+    """Thread-safe tenant spend limits: ``reserve`` at admission, ``settle``/``release`` after."""
+
+    def __init__(
+        self,
+        spent_of: Callable[[str], Decimal],
+        limit_of: Callable[[str], Decimal | None],
+    ) -> None:
+        self._spent_of = spent_of
+        self._limit_of = limit_of
+        self._lock = threading.Lock()
+        self._accounts: dict[str, _Account] = {}
+        self._reservations: dict[str, tuple[str, Decimal]] = {}  # request -> (tenant, amount)
+        self._finished: OrderedDict[str, None] = OrderedDict()
+
+    def _account(self, tenant_id: str) -> _Account:
+        """The tenant's account, loading it from the store on first use."""
+        with self._lock:
+            account = self._accounts.get(tenant_id)
+        if account is not None:
+            return account
+        # Load outside the lock so a slow store never blocks other tenants; the first loader
+        # to finish wins, and nothing can settle for a tenant before its account exists.
+        limit = self._limit_of(tenant_id)
+        loaded = _Account(
+            None if limit is None else _amount(limit, "limit"),
+            _amount(self._spent_of(tenant_id), "spent"),
+            Decimal(0),
+        )
+        with self._lock:
+            return self._accounts.setdefault(tenant_id, loaded)
+
+    def reserve(self, tenant_id: str, request_id: str, amount: Decimal) -> None:
+        """Hold ``amount`` for the request if it fits the limit, else raise BudgetExceeded."""
+        amount = _amount(amount, "reservation amount")
+        if amount < 0:
+            raise ValueError(f"reservation for {request_id} is {amount}; it must be >= 0")
+        account = self._account(tenant_id)
+        with self._lock:
+            if request_id in self._reservations or request_id in self._finished:
+                raise InvalidRequest(
+                    f"request id {request_id!r} already has a budget reservation; "
+                    "give every request a new id",
+                    param="request_id",
+                )
+            limit = account.limit
+            if limit is not None and account.spent + account.reserved + amount > limit:
+                raise BudgetExceeded(
+                    f"tenant {tenant_id} budget exceeded: limit {format_decimal(limit)}, "
+                    f"spent {format_decimal(account.spent)}, reserved (in flight) "
+                    f"{format_decimal(account.reserved)}, this request needs up to "
+                    f"{format_decimal(amount)}. Ask an admin to raise the budget, wait for "
+                    "in-flight requests to finish, or lower max_tokens"
+                )
+            account.reserved += amount
+            self._reservations[request_id] = (tenant_id, amount)
+
+    def _finish(self, request_id: str) -> tuple[_Account, Decimal] | None:
+        """Drop the reservation (caller holds the lock); None if unknown or already finished."""
+        held = self._reservations.pop(request_id, None)
+        if held is None:
+            return None
+        tenant_id, amount = held
+        account = self._accounts[tenant_id]
+        account.reserved -= amount
+        self._finished[request_id] = None
+        if len(self._finished) > FINISHED_MEMORY:
+            self._finished.popitem(last=False)
+        return account, amount
+
+    def settle(self, request_id: str, actual: Decimal) -> bool:
+        """Replace the reservation by the measured cost; True if applied, False if a no-op.
+
+        A second settle or release of the same request, or a request never reserved here,
+        changes nothing.
+        """
+        actual = _amount(actual, "settled cost")
+        with self._lock:
+            done = self._finish(request_id)
+            if done is None:
+                return False
+            done[0].spent += actual
+            return True
+
+    def release(self, request_id: str) -> bool:
+        """Give the reservation back without charging; True if applied, False if a no-op."""
+        with self._lock:
+            return self._finish(request_id) is not None
+
+    def snapshot(self, tenant_id: str) -> tuple[Decimal | None, Decimal, Decimal]:
+        """(limit, spent, reserved) for the tenant; limit None means unlimited."""
+        account = self._account(tenant_id)
+        with self._lock:
+            return account.limit, account.spent, account.reserved
+
+    def refresh(self, tenant_id: str, *, spent: bool = False) -> None:
+        """Reload the tenant's limit (after a change); with ``spent=True`` also its spent total.
+
+        Reload spent only when no record of the tenant is between its ledger append and its
+        settle, or that record would be counted twice.
+        """
+        with self._lock:
+            loaded = tenant_id in self._accounts
+        limit = self._limit_of(tenant_id)
+        new_limit = None if limit is None else _amount(limit, "limit")
+        new_spent = _amount(self._spent_of(tenant_id), "spent") if spent or not loaded else None
+        with self._lock:
+            account = self._accounts.get(tenant_id)
+            if account is None:  # never loaded: accounts are only ever added, so new_spent is set
+                assert new_spent is not None
+                self._accounts[tenant_id] = _Account(new_limit, new_spent, Decimal(0))
+                return
+            account.limit = new_limit
+            if new_spent is not None:
+                account.spent = new_spent
+
+    def reserved_for(self, request_id: str) -> Decimal | None:
+        """The amount the request holds, or None if it holds no reservation."""
+        with self._lock:
+            held = self._reservations.get(request_id)
+            return None if held is None else held[1]
+
+
+__all__ = ["FINISHED_MEMORY", "Budgets"]
