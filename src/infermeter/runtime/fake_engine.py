@@ -107,9 +107,9 @@ class FakeEngine:
     token_range: int = 256
     fail_at_step: int | None = None
     history: list[StepLog] = field(default_factory=list)
-    _past: dict[str, int] = field(default_factory=dict)
-    _decoded: dict[str, int] = field(default_factory=dict)
-    _closed: bool = False
+    _past: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _decoded: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _closed: bool = field(default=False, init=False, repr=False)
 
     def step(self, inputs: Sequence[SeqInput]) -> StepOutput:
         """Deterministic logits per input; device time from ``cost`` (or the timer)."""
