@@ -31,7 +31,8 @@ console = Console(highlight=False)
 def _machine() -> str:
     import os
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def _free_port() -> int:
@@ -176,13 +177,13 @@ def run_benchmarks(args: argparse.Namespace) -> int:
         console.print("(c) gateway latency …")
         results["gateway"] = bench_gateway(base / "c", sizes["gateway"])
     table = Table("benchmark", "result", "goal")
-    m, l, g = results["metering"], results["ledger"], results["gateway"]
+    m, led, g = results["metering"], results["ledger"], results["gateway"]
     table.add_row("(a) tokens/s metering on ÷ off",
                   f"{m['ratio_on_off']:.4f} ({m['tokens_per_s_on']:.0f} / {m['tokens_per_s_off']:.0f} tok/s)",
                   "≥ 0.99")
-    table.add_row("(b) durable ledger appends/s", f"{l['appends_per_s']:,.0f}", "≥ 50,000")
+    table.add_row("(b) durable ledger appends/s", f"{led['appends_per_s']:,.0f}", "≥ 50,000")
     table.add_row("(c) gateway added p50 latency",
-                  f"{g['added_p50_ms']:.3f} ms ({g['p50_gateway_ms']:.3f} − {g['p50_direct_ms']:.3f})",
+                  f"{g['added_p50_ms']:.3f} ms ({g['p50_gateway_ms']:.3f} - {g['p50_direct_ms']:.3f})",
                   "< 1 ms")
     console.print(table)
     console.print(f"machine: {results['machine']}; date {results['date']}")

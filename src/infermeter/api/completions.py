@@ -19,8 +19,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from infermeter.api.auth import authenticate, tenant_of
 from infermeter.api.records import metering_view
-from infermeter.billing.store import ApiKey
 from infermeter.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
+from infermeter.billing.store import ApiKey
 from infermeter.core.errors import InfermeterError, InvalidRequest, Unavailable
 from infermeter.core.ids import request_id as new_request_id
 from infermeter.core.records import UsageRecord

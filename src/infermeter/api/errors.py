@@ -32,8 +32,14 @@ def envelope(status: int, message: str, type_: str, param: str | None, code: str
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal"}
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
+    """('body', 'messages', 0, 'role') -> 'messages[0].role'; union-member tags are dropped."""
+    skip = ("body", "query", "path", "header")
+    parts = [str(p) for p in loc
+             if p not in skip and "[" not in str(p) and str(p).lower() not in _TYPE_TAGS]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)

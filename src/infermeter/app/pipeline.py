@@ -35,10 +35,14 @@ RESERVE_SAFETY = Decimal(2)
 
 @dataclass
 class _Rates:
-    """Running estimates used only to size budget reservations (never to bill)."""
+    """Running estimates used only to size budget reservations (never to bill).
 
-    prefill_us_per_token: float = 1000.0
-    decode_us_per_step: float = 20000.0
+    Seeded by the engine's warm-up steps; until a step of a kind is seen, a conservative
+    default applies.
+    """
+
+    prefill_us_per_token: float | None = None
+    decode_us_per_step: float | None = None
 
     def observe(self, step: StepRecord) -> None:
         parts = step.participants
@@ -47,10 +51,19 @@ class _Rates:
         prefill = sum(p.prefill_tokens for p in parts)
         decode = sum(p.decode_tokens for p in parts)
         if prefill and not decode:
-            self.prefill_us_per_token = 0.8 * self.prefill_us_per_token + 0.2 * step.device_us / prefill
+            self.prefill_us_per_token = _ewma(self.prefill_us_per_token, step.device_us / prefill)
         elif decode and not prefill:
             # a decode step costs about the same whatever its batch: price it as if alone
-            self.decode_us_per_step = 0.8 * self.decode_us_per_step + 0.2 * step.device_us
+            self.decode_us_per_step = _ewma(self.decode_us_per_step, float(step.device_us))
+
+    def estimate_us(self, prompt_tokens: int, max_tokens: int) -> tuple[int, int]:
+        prefill = self.prefill_us_per_token if self.prefill_us_per_token is not None else 1000.0
+        decode = self.decode_us_per_step if self.decode_us_per_step is not None else 20000.0
+        return int(prefill * prompt_tokens), int(decode * max_tokens)
+
+
+def _ewma(old: float | None, new: float) -> float:
+    return new if old is None else 0.8 * old + 0.2 * new
 
 
 class MeteringPipeline:
@@ -164,8 +177,7 @@ class MeteringPipeline:
                       max_tokens: int) -> Decimal:
         """A bounded worst case for the budget reservation: never used as a price."""
         rates = self._rates.get(info.engine_id, _Rates())
-        prefill_us = int(rates.prefill_us_per_token * prompt_tokens)
-        decode_us = int(rates.decode_us_per_step * max_tokens)
+        prefill_us, decode_us = rates.estimate_us(prompt_tokens, max_tokens)
         ru = self.ru_table.ru_micros(info.device_class, info.precision, prefill_us, decode_us)
         return self.plan.cost(ru, tier) * RESERVE_SAFETY
 

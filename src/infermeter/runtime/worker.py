@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from infermeter.core.records import StepRecord, utc_now
+from infermeter.core.records import Participant, StepRecord, utc_now
 from infermeter.core.types import ServiceTier, Status
 from infermeter.runtime.engine import Engine, EngineInfo, SeqInput
 from infermeter.runtime.sampling import SamplingParams, sample
@@ -151,13 +151,18 @@ class Worker:
         seq_id = f"warmup-{engine_id}"
         records: list[StepRecord] = []
         inputs = [SeqInput(seq_id, prompt_ids)]
+        part = Participant(seq_id, prefill_tokens=len(prompt_ids))
         for _ in range(max(1, steps)):
             out = slot.engine.step(inputs)
             token = int(np.argmax(out.logits[seq_id]))
+            # participants are kept so the step's shape informs cost estimates; attribution
+            # gives a warm-up step's whole time to the unattributed (platform) pool
             record = StepRecord(self._next_step_id(), engine_id, slot.engine.info.device,
-                                out.device_us, (), time.monotonic_ns(), warmup=True)
+                                out.device_us, (part,), time.monotonic_ns(), warmup=True)
             records.append(record)
             self._sink.on_step(record, {})
+            context = part.context_tokens + part.new_tokens
+            part = Participant(seq_id, context_tokens=context, decode_tokens=1)
             inputs = [SeqInput(seq_id, [token])]
         slot.engine.release(seq_id)
         return records
