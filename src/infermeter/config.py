@@ -32,6 +32,8 @@ class Settings:
     metering: bool = True
     synchronous: str = "FULL"  # SQLite synchronous mode for the ledger
     default_budget: str | None = None  # per-tenant spend limit for new tenants; None = unlimited
+    sampler: str = "none"  # window sampler source: none | scripted | nvml | dcgm
+    window_ms: int = 100  # sampler window length (GPM needs >= 100 ms)
     log_level: str = "info"
 
     @property
@@ -81,6 +83,10 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
         if value is not None:
             values[key] = value
     settings = replace(base, **values)
+    if settings.sampler not in ("none", "scripted", "nvml", "dcgm"):
+        raise ConfigError(f"sampler={settings.sampler!r}; use none, scripted, nvml or dcgm")
+    if settings.window_ms < 1:
+        raise ConfigError(f"window_ms={settings.window_ms} must be >= 1 (100 is the default)")
     if settings.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"synchronous={settings.synchronous!r}; use NORMAL, FULL or EXTRA")
     return settings
