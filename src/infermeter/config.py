@@ -81,7 +81,8 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
             values[f.name] = _coerce(f.name, raw, getattr(base, f.name))
     for key, value in (overrides or {}).items():
         if value is not None:
-            values[key] = value
+            default = getattr(base, key)
+            values[key] = _coerce(key, value, default) if isinstance(value, str) else value
     settings = replace(base, **values)
     if settings.sampler not in ("none", "scripted", "nvml", "dcgm"):
         raise ConfigError(f"sampler={settings.sampler!r}; use none, scripted, nvml or dcgm")

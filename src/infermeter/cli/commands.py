@@ -18,7 +18,7 @@ from infermeter.config import Settings, load_settings
 from infermeter.core.errors import ConfigError, InvalidRequest, LedgerIntegrityError, NotFound
 from infermeter.core.money import format_decimal
 
-out = Console(highlight=False)
+out = Console(highlight=False, width=160)
 
 
 def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -163,6 +163,10 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         keys = store.list_keys(tenant_id)
     finally:
         store.close()
+    if args.json:
+        _emit_json([{"key_id": k.key_id, "tenant_id": k.tenant_id, "admin": k.admin, "prefix": k.prefix,
+                     "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in keys])
+        return 0
     table = Table("key", "tenant", "admin", "prefix", "revoked")
     for k in keys:
         table.add_row(k.key_id, k.tenant_id or "-", "yes" if k.admin else "no", k.prefix,
@@ -274,6 +278,7 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_keys_revoke)
     p = keys.add_parser("list", help="list keys (never their secrets)")
     p.add_argument("--tenant")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_keys_list)
 
     p = sub.add_parser("usage", help="usage summary (all tenants, or one)")

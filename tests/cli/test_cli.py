@@ -1,0 +1,123 @@
+"""The command line as a user runs it: a real process per command, real SQLite under --home."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from infermeter.app.service import Service
+from tests.conftest import fake_service
+
+
+def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "infermeter.cli.main", "--home", str(home), *args],
+                          capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def bill_some(home: Path, tenant_id: str, n: int) -> Service:
+    """Run n requests for a tenant through a service on the fake engine, then stop it."""
+    import threading
+
+    from infermeter.core.ids import request_id
+    from infermeter.core.types import ServiceTier
+    from infermeter.runtime.worker import GenerationRequest
+
+    svc = fake_service(home)
+    svc.start()
+    done = threading.Semaphore(0)
+    engine_id = svc.engine_infos()[0].engine_id
+    for i in range(n):
+        svc.worker.submit(GenerationRequest(
+            request_id=request_id(), tenant_id=tenant_id, model="tiny-gpt", engine_id=engine_id,
+            tier=ServiceTier.FLEX if i % 2 else ServiceTier.DEFAULT, prompt_ids=[65 + i, 66],
+            max_tokens=3 + i, on_finish=lambda _: done.release()))
+    for _ in range(n):
+        assert done.acquire(timeout=30)
+    svc.stop()
+    return svc
+
+
+def test_tenants_create_json_prints_id_and_key(tmp_path: Path) -> None:
+    """`tenants create NAME --json` prints the tenant id and a new API key."""
+    out = json.loads(cli(tmp_path, "tenants", "create", "acme", "--json").stdout)
+    assert out["tenant_id"].startswith("ten_") and out["api_key"].startswith("im-")
+    again = cli(tmp_path, "tenants", "create", "acme", check=False)
+    assert again.returncode == 2 and "exists already" in again.stderr
+
+
+def test_keys_create_and_revoke(tmp_path: Path) -> None:
+    """Keys are created for a tenant and revoked by id; unknown tenants exit 3."""
+    cli(tmp_path, "tenants", "create", "acme")
+    key = json.loads(cli(tmp_path, "keys", "create", "--tenant", "acme", "--json").stdout)
+    cli(tmp_path, "keys", "revoke", key["key_id"])
+    listing = json.loads(cli(tmp_path, "keys", "list", "--tenant", "acme", "--json").stdout)
+    revoked = {k["key_id"]: k["revoked_at"] for k in listing}
+    assert revoked[key["key_id"]] is not None and len(revoked) == 2
+    missing = cli(tmp_path, "keys", "create", "--tenant", "nobody", check=False)
+    assert missing.returncode == 3 and "nobody" in missing.stderr
+
+
+def test_invoice_totals_equal_the_ledger(tmp_path: Path) -> None:
+    """The invoice's exact total equals Σ cost of the tenant's ledger records, to the last digit."""
+    tenant = json.loads(cli(tmp_path, "tenants", "create", "acme", "--json").stdout)
+    svc = bill_some(tmp_path, tenant["tenant_id"], 6)
+    period = datetime.now(UTC).strftime("%Y-%m")
+    inv = json.loads(cli(tmp_path, "invoice", "acme", "--period", period, "--format", "json").stdout)
+    from infermeter.billing.sqlite_store import SqliteStore
+
+    store = SqliteStore(tmp_path / "infermeter.db")
+    records = [r for _, r in store.list_records(tenant["tenant_id"], limit=1000)]
+    store.close()
+    assert len(records) == 6
+    assert Decimal(inv["exact_total"]) == sum((r.cost for r in records), start=Decimal(0))
+    assert {(line["model"], line["service_tier"]) for line in inv["lines"]} == {
+        ("tiny-gpt", "default"), ("tiny-gpt", "flex")}
+    csv_out = cli(tmp_path, "invoice", "acme", "--period", period, "--format", "csv").stdout
+    assert "tiny-gpt" in csv_out and "flex" in csv_out
+    usage = json.loads(cli(tmp_path, "usage", "--tenant", "acme", "--group-by", "tier", "--json").stdout)
+    assert sum(row["requests"] for row in usage) == 6
+    _ = svc
+
+
+def test_bad_period_exits_2(tmp_path: Path) -> None:
+    """A period that is not YYYY-MM is refused with exit code 2 and the expected format."""
+    cli(tmp_path, "tenants", "create", "acme")
+    proc = cli(tmp_path, "invoice", "acme", "--period", "November", check=False)
+    assert proc.returncode == 2 and "YYYY-MM" in proc.stderr
+
+
+@pytest.mark.parametrize("column", ["cost", "payload"])
+def test_ledger_verify_names_an_edited_row(tmp_path: Path, column: str) -> None:
+    """`ledger verify` passes, then fails naming the entry after one row is edited with sqlite3."""
+    tenant = json.loads(cli(tmp_path, "tenants", "create", "acme", "--json").stdout)
+    bill_some(tmp_path, tenant["tenant_id"], 4)
+    assert "intact" in cli(tmp_path, "ledger", "verify").stdout
+    db = sqlite3.connect(tmp_path / "infermeter.db")
+    triggers = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'")]
+    for name in triggers:  # what a person with the sqlite3 shell would do first
+        db.execute(f"DROP TRIGGER {name}")
+    seq, record_id = db.execute(
+        "SELECT seq, record_id FROM ledger WHERE tenant_id = ? ORDER BY seq LIMIT 1 OFFSET 2",
+        (tenant["tenant_id"],)).fetchone()
+    if column == "cost":
+        db.execute("UPDATE ledger SET cost = '0' WHERE seq = ?", (seq,))
+    else:
+        db.execute("UPDATE ledger SET payload = replace(payload, '\"completion_tokens\":', "
+                   "'\"completion_tokens\":1') WHERE seq = ?", (seq,))
+    db.commit()
+    db.close()
+    proc = cli(tmp_path, "ledger", "verify", check=False)
+    assert proc.returncode == 1
+    assert record_id in proc.stderr or str(seq) in proc.stderr
+    report = json.loads(cli(tmp_path, "ledger", "verify", "--json", check=False).stdout)
+    assert report["ok"] is False and report["first_bad_seq"] == seq
