@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -19,7 +21,7 @@ from infermeter.billing.pricing import PricePlan
 from infermeter.billing.store import AppendResult, Store
 from infermeter.core.ids import record_id as new_record_id
 from infermeter.core.money import micros_to_decimal
-from infermeter.core.records import StepRecord, UsageRecord, utc_now
+from infermeter.core.records import StepRecord, StepShares, UsageRecord, utc_now
 from infermeter.core.types import ServiceTier, Status
 from infermeter.metering.attribution import TOKEN_PROPORTIONAL, CostModel, attribute
 from infermeter.metering.meter import MeterBook
@@ -87,6 +89,9 @@ class MeteringPipeline:
         self._cost_models: dict[str, CostModel] = {}
         self._rates: dict[str, _Rates] = {}
         self._lock = threading.Lock()
+        # Window metering: receives (start_ns, end_ns, shares) of every step, e.g.
+        # WindowSampler.record_step. None: no sampler configured.
+        self.step_sink: Callable[[int, int, StepShares], None] | None = None
 
     # configuration --------------------------------------------------------------
     def set_cost_model(self, engine_id: str, model: CostModel) -> None:
@@ -101,6 +106,11 @@ class MeteringPipeline:
             return
         shares = attribute(step, self.cost_model(step.engine_id))
         self.book.add(step, shares, kv_bytes)
+        if self.step_sink is not None:
+            # The worker calls on_step right after the step's sync: the device work ended
+            # about now and took device_us, which is the span windows overlap.
+            end_ns = time.monotonic_ns()
+            self.step_sink(end_ns - step.device_us * 1000, end_ns, shares)
         self._rates.setdefault(step.engine_id, _Rates()).observe(step)
         engine = step.engine_id
         self.metrics.step_seconds.labels(engine).observe(step.device_us / 1e6)
