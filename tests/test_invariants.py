@@ -168,5 +168,5 @@ def test_10_bad_input_costs_nothing(fake_server: LiveServer) -> None:
     assert resp.status_code == 400
     store.flush()
     assert store.ledger_size() == before
-    _, spent, reserved = fake_server.service.budgets.snapshot(fake_server.tenant_ids["alpha"])
+    _, _spent, reserved = fake_server.service.budgets.snapshot(fake_server.tenant_ids["alpha"])
     assert reserved == 0
