@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import FastAPI
 
 import infermeter
-from infermeter.api import completions, errors, system, usage
+from infermeter.api import admin, completions, errors, system, usage
+from infermeter.dashboard import routes as dashboard
 
 
 def create_app(service: Any, *, manage: bool = True) -> FastAPI:
@@ -31,4 +32,6 @@ def create_app(service: Any, *, manage: bool = True) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(usage.router)
     app.include_router(system.router)
+    admin.install(app)
+    app.include_router(dashboard.router)
     return app

@@ -41,3 +41,20 @@ class Metrics:
                                registry=r)
         self.ledger_entries = Gauge("infermeter_ledger_entries", "Entries in the usage ledger.",
                                     registry=r)
+        # for the operator view: utilization = Σ engine_device_ms / (now - start_time)
+        self.start_time = Gauge("infermeter_start_time_seconds",
+                                "Unix time at which this service's metrics began.", registry=r)
+        self.start_time.set_to_current_time()
+        self.engine_info = Gauge(
+            "infermeter_engine_info", "Engines served (value 1), labelled with what they run on.",
+            ["engine", "model", "backend", "precision", "device"], registry=r)
+
+    def describe_engine(self, engine: str, model: str, backend: str, precision: str,
+                        device: str) -> None:
+        """Publish one engine in ``infermeter_engine_info`` (idempotent)."""
+        self.engine_info.labels(engine, model, backend, precision, device).set(1)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A sample's current value, 0.0 when the series has no sample yet."""
+        found = self.registry.get_sample_value(name, labels or {})
+        return 0.0 if found is None else found

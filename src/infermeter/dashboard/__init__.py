@@ -1,0 +1,1 @@
+"""The web dashboard at ``/dashboard``: static pages over the JSON API (see ``routes``)."""
