@@ -1,0 +1,129 @@
+"""Named, transactional schema migrations for the SQLite store, recorded in ``migrations``.
+
+Each migration runs in its own ``BEGIN IMMEDIATE`` transaction together with the row that
+records it, so a crash leaves it either wholly applied or not at all, and two processes
+opening the same file cannot both apply it. Migrations are only ever appended to this list;
+an applied one is never edited (add a new one instead).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from infermeter.billing.ledger import GENESIS_HASH
+from infermeter.core.errors import ConfigError
+from infermeter.core.records import iso, utc_now
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    name: str
+    statements: tuple[str, ...]
+
+
+_APPEND_ONLY = "the usage ledger is append-only; record a correction as a new reversal or adjustment entry"
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_tenants_and_keys",
+        (
+            """CREATE TABLE tenants (
+                tenant_id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                created_at TEXT NOT NULL,
+                budget TEXT
+            )""",
+            """CREATE TABLE api_keys (
+                key_id TEXT PRIMARY KEY,
+                tenant_id TEXT REFERENCES tenants (tenant_id),
+                admin INTEGER NOT NULL,
+                secret_sha256 TEXT NOT NULL UNIQUE,
+                prefix TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                revoked_at TEXT
+            )""",
+            "CREATE INDEX api_keys_tenant ON api_keys (tenant_id)",
+        ),
+    ),
+    Migration(
+        "0002_ledger",
+        (
+            """CREATE TABLE ledger (
+                seq INTEGER PRIMARY KEY,
+                record_id TEXT NOT NULL,
+                request_id TEXT NOT NULL,
+                tenant_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                event_time TEXT NOT NULL,
+                day TEXT NOT NULL,
+                model TEXT NOT NULL,
+                service_tier TEXT NOT NULL,
+                warmup INTEGER NOT NULL,
+                prompt_tokens INTEGER NOT NULL,
+                completion_tokens INTEGER NOT NULL,
+                device_us INTEGER NOT NULL,
+                ru_micros INTEGER NOT NULL,
+                cost TEXT NOT NULL,
+                currency TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                leaf_hash TEXT NOT NULL,
+                entry_hash TEXT NOT NULL
+            )""",
+            "CREATE UNIQUE INDEX ledger_record_id ON ledger (record_id)",
+            "CREATE UNIQUE INDEX ledger_request_id ON ledger (request_id)",
+            "CREATE INDEX ledger_tenant_seq ON ledger (tenant_id, seq)",
+            "CREATE INDEX ledger_tenant_day ON ledger (tenant_id, day)",
+            f"""CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+                BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END""",
+            f"""CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+                BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END""",
+            # One row: the size and last entry hash, updated with every append, so that
+            # entries removed from the end are noticed (until checkpoints are published).
+            """CREATE TABLE ledger_head (
+                id INTEGER PRIMARY KEY CHECK (id = 0),
+                size INTEGER NOT NULL,
+                head TEXT NOT NULL
+            )""",
+            f"INSERT INTO ledger_head (id, size, head) VALUES (0, 0, '{GENESIS_HASH.hex()}')",
+        ),
+    ),
+)
+
+
+def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[str]:
+    """Apply the migrations ``conn``'s database lacks, in order; return the names applied.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``).
+    """
+    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    known = {m.name for m in migrations}
+    present = {name for (name,) in conn.execute("SELECT name FROM migrations")}
+    unknown = sorted(present - known)
+    if unknown:
+        raise ConfigError(
+            f"the database has migrations {unknown} that this infermeter does not know; "
+            "it was written by a newer version: upgrade infermeter to open it"
+        )
+    applied: list[str] = []
+    for migration in migrations:
+        if migration.name in present:
+            continue  # already applied: no write lock needed to find that out
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = conn.execute(  # another process may have applied it meanwhile
+                "SELECT 1 FROM migrations WHERE name = ?", (migration.name,)
+            ).fetchone()
+            if done is None:
+                for statement in migration.statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO migrations (name, applied_at) VALUES (?, ?)",
+                    (migration.name, iso(utc_now())),
+                )
+                applied.append(migration.name)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return applied

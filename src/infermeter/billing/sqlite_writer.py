@@ -1,0 +1,247 @@
+"""The SQLite store's one writer thread: group commit of ledger appends, and other writes.
+
+Everything that writes goes through one queue to one thread that owns the write
+connection. The thread drains whatever is queued (up to ``max_group`` items), appends all
+of it in one ``BEGIN IMMEDIATE`` transaction, commits (the one fsync the group pays), and
+only then runs the callbacks and wakes the waiters. A group that fails is retried item by
+item, so every callback gets its own result or its own exception and no record is lost
+silently. Idempotency is decided inside the transaction: repeats of a request id (or record
+id) already in the ledger, or earlier in the same group, return the first entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from itertools import chain
+from queue import Empty, SimpleQueue
+from typing import Any, Generic, TypeVar
+
+from infermeter.billing.ledger import COLUMNS, PreparedEntry, chain_rows, record_from_payload
+from infermeter.billing.store import AppendCallback, AppendResult
+from infermeter.core.errors import Unavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SUBMIT, APPEND, CALL, FLUSH, STOP = range(5)
+_ROW = f"({', '.join('?' * len(COLUMNS))})"
+_CHUNK = 500  # ids per IN (...) lookup, well under SQLite's bound-parameter limit
+
+
+class Waiter(Generic[T]):
+    """A one-shot result slot a caller blocks on until the writer fills it."""
+
+    __slots__ = ("_done", "_error", "_result")
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+
+    def set(self, result: T | None = None, error: BaseException | None = None) -> None:
+        self._result, self._error = result, error
+        self._done.set()
+
+    def wait(self) -> T:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]  # set() without error sets a T
+
+
+class Writer:
+    """Owns ``conn`` on its own thread. ``put`` callers must stop putting after ``STOP``."""
+
+    def __init__(self, conn: sqlite3.Connection, max_group: int) -> None:
+        self.conn = conn
+        self.max_group = max_group
+        self.queue: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="infermeter-ledger-writer")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def on_thread(self) -> bool:
+        return threading.get_ident() == self.thread.ident
+
+    # the loop -------------------------------------------------------------
+    def _run(self) -> None:
+        get, get_nowait, cap = self.queue.get, self.queue.get_nowait, self.max_group
+        stop = False
+        while not stop:
+            items = [get()]
+            try:
+                while len(items) < cap:
+                    items.append(get_nowait())
+            except Empty:
+                pass
+            try:
+                stop = self._process(items)
+            except BaseException:  # never let the writer die: callers would hang forever
+                log.exception("ledger writer: unexpected error processing %d items", len(items))
+        self.conn.close()
+
+    def _process(self, items: list[tuple[Any, ...]]) -> bool:
+        pending: list[tuple[Any, ...]] = []
+        flushes: list[threading.Event] = []
+        stop = False
+        for item in items:
+            tag = item[0]
+            if tag <= APPEND:
+                pending.append(item)
+            elif tag == CALL:
+                self._commit(pending)  # keep queue order: earlier appends commit first
+                pending = []
+                self._call(item[1], item[2])
+            elif tag == FLUSH:
+                flushes.append(item[1])
+            else:
+                stop = True
+        self._commit(pending)
+        for event in flushes:
+            event.set()
+        return stop
+
+    def _call(self, fn: Callable[[sqlite3.Connection], Any], waiter: Waiter[Any]) -> None:
+        try:
+            result = self.transaction(fn)
+        except BaseException as exc:
+            waiter.set(error=exc)
+        else:
+            waiter.set(result)
+
+    def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one ``BEGIN IMMEDIATE`` transaction (writer thread only)."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    # appends --------------------------------------------------------------
+    def append_now(self, entries: Sequence[PreparedEntry]) -> list[AppendResult]:
+        """Append ``entries`` in one transaction of their own (writer thread only)."""
+        return self.transaction(lambda conn: append_entries(conn, entries))
+
+    def _commit(self, pending: list[tuple[Any, ...]]) -> None:
+        if not pending:
+            return
+        entries: list[PreparedEntry] = []
+        for tag, payload, _ in pending:
+            if tag == SUBMIT:
+                entries.append(payload)
+            else:
+                entries.extend(payload)
+        try:
+            results = self.append_now(entries)
+        except Exception as exc:
+            if len(pending) == 1:
+                _deliver(pending[0], None, exc)
+                return
+            log.warning("ledger group of %d failed (%r); retrying one by one", len(entries), exc)
+            for item in pending:
+                batch = [item[1]] if item[0] == SUBMIT else item[1]
+                try:
+                    one = self.append_now(batch)
+                except Exception as item_exc:
+                    _deliver(item, None, item_exc)
+                else:
+                    _deliver(item, one, None)
+            return
+        at = 0
+        for item in pending:
+            n = 1 if item[0] == SUBMIT else len(item[1])
+            _deliver(item, results[at : at + n], None)
+            at += n
+
+
+def _deliver(item: tuple[Any, ...], results: list[AppendResult] | None, exc: Exception | None) -> None:
+    tag, _, target = item
+    if tag == APPEND:
+        target.set(results, exc)
+        return
+    callback: AppendCallback = target
+    try:
+        callback(exc if exc is not None else results[0])  # type: ignore[index]
+    except Exception:
+        log.exception("ledger append callback raised; the record is committed regardless")
+
+
+def append_entries(conn: sqlite3.Connection, entries: Sequence[PreparedEntry]) -> list[AppendResult]:
+    """Append inside the caller's transaction: dedupe, chain from the stored head, insert."""
+    size, head = conn.execute("SELECT size, head FROM ledger_head WHERE id = 0").fetchone()
+    by_request, by_record = _existing(conn, entries)
+    fresh: list[PreparedEntry] = []
+    slots: list[int | AppendResult] = []  # index into fresh, or the stored first result
+    first_request: dict[str, int] = {}
+    first_record: dict[str, int] = {}
+    for entry in entries:
+        record_id, request_id = entry.columns[0], entry.columns[1]
+        hit = by_request.get(request_id) or by_record.get(record_id)
+        if hit is not None:
+            slots.append(hit)
+            continue
+        index = first_request.get(request_id, first_record.get(record_id, -1))
+        if index < 0:
+            index = first_request[request_id] = first_record[record_id] = len(fresh)
+            fresh.append(entry)
+        slots.append(index)
+    rows: list[tuple[Any, ...]] = []
+    if fresh:
+        rows, last = chain_rows(fresh, size, bytes.fromhex(head))
+        _insert(conn, rows)
+        conn.execute("UPDATE ledger_head SET size = ?, head = ? WHERE id = 0", (size + len(rows), last.hex()))
+    created = [False] * len(fresh)
+    out: list[AppendResult] = []
+    for slot in slots:
+        if isinstance(slot, AppendResult):
+            out.append(slot)
+            continue
+        row = rows[slot]
+        out.append(AppendResult(fresh[slot].record, row[0], row[-1], not created[slot]))
+        created[slot] = True  # later repeats within this group return the first entry
+    return out
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert with one multi-row statement per chunk, not one step per row.
+
+    Each statement step releases the GIL once, for the whole chunk; ``executemany`` would
+    release and re-acquire it per row, and under CPU load each re-acquire can wait a whole
+    switch interval (5 ms), which would throttle the writer to a few hundred rows a second.
+    """
+    per = max(1, min(1000, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(COLUMNS)))
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        sql = f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES {', '.join([_ROW] * len(chunk))}"
+        conn.execute(sql, list(chain.from_iterable(chunk)))
+
+
+def _existing(
+    conn: sqlite3.Connection, entries: Sequence[PreparedEntry]
+) -> tuple[dict[str, AppendResult], dict[str, AppendResult]]:
+    """Entries already in the ledger with one of these request ids, or record ids."""
+    found: tuple[dict[str, AppendResult], dict[str, AppendResult]] = ({}, {})
+    for column, at in (("request_id", 1), ("record_id", 0)):
+        keys = [e.columns[at] for e in entries]
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            sql = (
+                "SELECT seq, record_id, request_id, payload, entry_hash FROM ledger "
+                f"WHERE {column} IN ({', '.join('?' * len(chunk))})"
+            )
+            for seq, record_id, request_id, payload, entry_hash in conn.execute(sql, chunk):
+                result = AppendResult(record_from_payload(payload), seq, entry_hash, False)
+                found[0][request_id] = found[1][record_id] = result
+    return found
+
+
+def closed_error() -> Unavailable:
+    return Unavailable("the ledger store is closed; open a new SqliteStore to write to it")
