@@ -40,6 +40,7 @@ router = APIRouter()
 PLATFORM_TENANT = "platform"
 EXPORT_PAGE = 500
 MAX_RECENT = 200
+RECENT_WINDOW = 256  # the first ledger tail /v1/usage/recent looks at; then x4 each time
 USES = ("billed", "warmup", "unattributed")
 JSONL = "application/x-ndjson"
 
@@ -223,12 +224,13 @@ def tenant_recent(
     """The caller's newest records, newest first.
 
     The ledger lists oldest first, so this looks at ever larger tails of it (the last
-    256, 1,024, ... entries) until it holds ``limit`` of the caller's records or is whole.
+    256, 1,024, ... entries) until they hold ``limit`` of the caller's records or the whole
+    ledger has been read.
     """
     tenant = tenant_of(key)
     store: Store = request.app.state.service.store
     size = store.ledger_size()
-    window = 256
+    window = RECENT_WINDOW
     while True:
         after = size - window - 1 if window < size else None
         # no tight limit: entries appended since ledger_size() are the newest, keep them
