@@ -1,0 +1,169 @@
+# ruff: noqa: RUF001  (Greek letters are the cost model's published coefficient names)
+"""``infermeter calibrate``: measure this device and write a new RU table and cost models.
+
+    infermeter calibrate [--device cpu|cuda] [--engine ID] [--quick] [--json]
+
+The service loads the newest calibration at its next start (records then name the new
+RU-table and cost-model versions). ``EngineRunner`` adapts any Engine to the metering
+side's ``StepRunner`` (metering imports no runtime code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from infermeter.config import Settings, load_settings
+from infermeter.core.errors import ConfigError, NotFound
+from infermeter.core.types import Phase, Precision
+from infermeter.metering import calibrate as cal
+from infermeter.metering.ru import SEED_TABLE, RuTable, device_class_for
+from infermeter.runtime.engine import Engine, SeqInput
+
+out = Console(highlight=False)
+
+_WEIGHT_BYTES = {Precision.FP32: 4, Precision.FP16: 2, Precision.BF16: 2, Precision.INT8: 1}
+
+
+class EngineRunner:
+    """An Engine as a ``StepRunner``: run (seq_id, tokens) batches, return device µs."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.vocab_size = engine.info.vocab_size
+
+    def run(self, batch: Sequence[tuple[str, Sequence[int]]]) -> int:
+        return int(self.engine.step([SeqInput(s, list(t)) for s, t in batch]).device_us)
+
+    def release(self, seq_id: str) -> None:
+        self.engine.release(seq_id)
+
+
+def model_shape(engine: Engine) -> cal.ModelShape:
+    info = engine.info
+    return cal.ModelShape.decoder(info.num_layers, info.num_kv_heads * info.head_dim,
+                                  info.vocab_size, _WEIGHT_BYTES.get(info.precision, 4),
+                                  info.kv_bytes_per_token)
+
+
+def base_table(home: Path) -> RuTable:
+    """The table a new calibration starts from: the newest calibrated one, else the seed."""
+    latest = cal.load_latest(home)
+    return latest.ru_table if latest is not None else SEED_TABLE
+
+
+def cpu_engines(settings: Settings) -> list[Engine]:
+    from infermeter.app.engines import load_default_engines
+    from infermeter.metering.timers import CpuStepTimer
+
+    return [loaded.engine for loaded in load_default_engines(settings, CpuStepTimer)]
+
+
+def torch_engine(settings: Settings, *, precision: Precision = Precision.FP16,
+                 device: str = "cuda", timer_factory: Any | None = None) -> Engine:
+    """The built-in model on the PyTorch backend (``runtime.torch_backend``), built once
+    into ``<home>/engines/<model>-torch-<precision>`` from the ONNX model's weights.
+
+    ``timer_factory(stream)`` makes the step timer; default: CUDA events on the engine's
+    stream on a GPU, wall time on the CPU.
+    """
+    import shutil
+
+    from infermeter.metering.cuda_timer import CudaEventTimer
+    from infermeter.metering.timers import CpuStepTimer
+    from infermeter.runtime import torch_backend as tb
+    from infermeter.runtime.builtin_model import ensure_builtin_model
+
+    model_dir = ensure_builtin_model(settings.models_dir / settings.model)
+    engine_dir = settings.engines_dir / f"{settings.model}-torch-{precision.value}"
+    if not (engine_dir / tb.WEIGHTS_FILE).is_file():
+        engine_dir.mkdir(parents=True, exist_ok=True)
+        config = tb.decoder_config(json.loads((model_dir / "config.json").read_text("utf-8")))
+        weights = tb.weights_from_onnx(model_dir / "model.onnx", config)
+        tb.save_weights(weights, engine_dir / tb.WEIGHTS_FILE, precision)
+        shutil.copyfile(model_dir / "config.json", engine_dir / "config.json")
+    if timer_factory is None:
+        timer_factory = (lambda stream: CudaEventTimer(stream)) if device.startswith("cuda") \
+            else (lambda stream: CpuStepTimer())
+    device_class = None
+    if device.startswith("cuda"):
+        env = tb.torch_env(device)
+        device_class = device_class_for(env.device_name) or env.device_name
+    engine: Engine = tb.TorchEngine.load(engine_dir, precision=precision, device=device,
+                                         timer_factory=timer_factory, max_batch=settings.max_batch,
+                                         model_name=settings.model, device_class=device_class)
+    return engine
+
+
+def cuda_engines(settings: Settings) -> list[Engine]:
+    """The built-in model on the PyTorch CUDA backend, FP16 (needs infermeter[torch])."""
+    return [torch_engine(settings)]
+
+
+def run_calibration(settings: Settings, device: str, engine_id: str | None,
+                    quick: bool) -> tuple[cal.Calibration, Path]:
+    engines = cpu_engines(settings) if device == "cpu" else cuda_engines(settings)
+    if engine_id is not None:
+        engines = [e for e in engines if e.info.engine_id == engine_id]
+        if not engines:
+            raise NotFound(f"no engine {engine_id!r} on {device}; "
+                           "see `infermeter engines list`")
+    try:
+        if device == "cpu":
+            rates = cal.measure_cpu_reference(quick=quick)
+            device_class = "cpu"
+        else:
+            rates = cal.measure_cuda_reference(quick=quick)
+            device_class = device_class_for(rates.device) or rates.device
+        runners = {e.info.engine_id: (EngineRunner(e), model_shape(e)) for e in engines}
+        result = cal.calibrate(device_class, rates, base_table(settings.home), dict(runners),
+                               quick=quick)
+    finally:
+        for engine in engines:
+            engine.close()
+    return result, cal.save(result, settings.home)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    settings = load_settings({"home": args.home}, env=None)
+    result, path = run_calibration(settings, args.device, args.engine, args.quick)
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_json() | {"path": str(path)}, indent=2) + "\n")
+        return 0
+    r = result.rates
+    out.print(f"calibration [bold]{result.version}[/] on {result.device} "
+              f"(device class {result.device_class})")
+    out.print(f"  GEMM {r.gemm_tflops * 1000:,.1f} GFLOP/s ({r.dtype}), copy {r.copy_gbps:,.1f} GB/s"
+              f" → r_compute {r.r_compute:.4g}, r_bw {r.r_bw:.4g} vs A100-SXM4-80GB")
+    table = Table("phase", "µs/token", "compute fraction", "RU per device-ms")
+    for probe in result.probes:
+        factor = result.ru_table.factor(result.device_class, Phase(probe.phase), Precision.FP32)
+        table.add_row(probe.phase, f"{probe.us_per_token:.2f}", f"{probe.compute_fraction:.3f}",
+                      str(factor))
+    out.print(table)
+    models = Table("engine", "α", "β", "γ", "δ", "φ", "steps", "MAPE")
+    for engine_id, fitted in result.cost_models.items():
+        m = fitted.model
+        models.add_row(engine_id, *(str(v) for v in (m.alpha, m.beta, m.gamma, m.delta, m.phi)),
+                       str(fitted.steps), f"{fitted.mape_percent} %")
+    out.print(models)
+    out.print("coefficients in femtoseconds per feature unit; "
+              f"RU table {result.ru_table.version}; written to {path}")
+    out.print("the service uses this calibration at its next start")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("calibrate", help="measure this device: RU factors and cost models")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--engine", help="calibrate only this engine id (default: every engine)")
+    p.add_argument("--quick", action="store_true", help="small workloads (seconds)")
+    p.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    p.set_defaults(handler=cmd_calibrate)
