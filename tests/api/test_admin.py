@@ -28,7 +28,8 @@ def spend(live: LiveServer, tenant: str, n: int, tier: str = "default") -> list[
     for i in range(n):
         resp = client.completions.create(model="tiny-gpt", prompt=f"p{i}", max_tokens=2 + i,
                                          extra_body={"service_tier": tier})
-        ids.append(resp.usage.model_extra["metering"]["record_id"])  # type: ignore[union-attr]
+        assert resp.usage is not None and resp.usage.model_extra is not None
+        ids.append(resp.usage.model_extra["metering"]["record_id"])
     return ids
 
 

@@ -146,3 +146,10 @@ def test_scrape_config_targets_the_default_port() -> None:
         check = subprocess.run([promtool, "check", "config", str(SCRAPE_CONFIG)],
                                capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_docs_list_every_metric() -> None:
+    """docs/observability.md names every series /metrics exposes, and no other."""
+    text = (ROOT / "docs" / "observability.md").read_text()
+    table = set(re.findall(r"^\| `(infermeter_\w+)`", text, flags=re.MULTILINE))
+    assert table == metric_families()

@@ -327,10 +327,10 @@
     kpis($("#operator-kpis"), [
       ["Device utilization", pct(utilization)],
       ["Billed device time", num(d.billed), "ms"],
-      ["Warm-up (not billed)", num(d.warmup), "ms"],
+      ["Warm-up (unbilled)", num(d.warmup), "ms"],
       ["Unattributed", num(d.unattributed), "ms"],
       ["Queue depth", int(ov.queue_depth)],
-      ["Billed (all tenants)", money(tenants.total_cost)],
+      ["Billed to date", money(tenants.total_cost)],
     ]);
 
     const engines = ov.engines;
