@@ -1,0 +1,1 @@
+"""Building engines: profile planning, precision graphs, drift, TensorRT plans, metadata."""
