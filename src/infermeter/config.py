@@ -22,6 +22,7 @@ class Settings:
     model: str = "tiny-gpt"
     # engines
     int8: bool = True  # build and serve the INT8 economy engine for service_tier=flex
+    model_dir: str | None = None  # also serve this user model (Optimum export directory)
     intra_op_threads: int = 0  # 0 = onnxruntime's default (all cores)
     warmup_steps: int = 4
     # scheduler

@@ -1,23 +1,230 @@
-"""Load the engines a default service runs: the built-in model on ONNX Runtime (CPU)."""
+"""Load the engines a service runs, from the engine index, building the defaults first.
+
+At ``serve``:
+
+1. The built-in model (and the ``--model-dir`` user model, if given) get an FP32 and, unless
+   ``settings.int8`` is False, an INT8 ONNX Runtime engine: an indexed one when it is intact
+   and current, else one built now (a few seconds), so ``flex`` runs on INT8 out of the box.
+2. Every other indexed engine that this machine can run (right runtime version, device and
+   intact artifact) is loaded too, newest per (model, backend, precision, device); one that
+   is stale or foreign is skipped with a warning naming its rebuild command.
+3. Each engine is loaded with its model's tokenizer and its record's profiles and limits;
+   CUDA engines get a CUDA-event step timer on their own stream.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 from infermeter.app.service import LoadedEngine
 from infermeter.config import Settings
-from infermeter.core.timing import StepTimer
+from infermeter.core.errors import ConfigError, StaleEngine
+from infermeter.core.timing import NullTimer, StepTimer
 from infermeter.core.types import Precision
-from infermeter.runtime.builtin_model import ensure_builtin_model
+from infermeter.runtime.build.builder import (
+    build_engine,
+    model_context,
+    resolve_source,
+    source_spec,
+)
+from infermeter.runtime.build.metadata import BuildArgs, EngineRecord
+from infermeter.runtime.builtin_model import BUILTIN_MODEL_NAME
+from infermeter.runtime.engine import Engine
+from infermeter.runtime.engine_store import EngineStore, RuntimeEnv, onnxruntime_env
 from infermeter.runtime.ort_backend import OrtEngine
 from infermeter.runtime.tokenizer import load_tokenizer
 
+log = logging.getLogger(__name__)
 
-def load_default_engines(settings: Settings, timer_factory: Callable[[], StepTimer]) -> list[LoadedEngine]:
-    model_dir = ensure_builtin_model(settings.models_dir / "tiny-gpt")
-    tokenizer = load_tokenizer(model_dir)
-    threads = settings.intra_op_threads or None
-    fp32 = OrtEngine.load(model_dir, precision=Precision.FP32, timer=timer_factory(),
-                          intra_op_threads=threads, max_batch=settings.max_batch,
-                          model_name=settings.model)
-    return [LoadedEngine(fp32, tokenizer)]
+DEFAULT_BACKEND = "onnxruntime"
+
+
+def load_default_engines(
+    settings: Settings, timer_factory: Callable[[], StepTimer]
+) -> list[LoadedEngine]:
+    """The engines ``serve`` runs, each with its tokenizer (see the module docstring)."""
+    store = EngineStore(settings.home)
+    try:
+        wanted = ensure_default_engines(store, settings)
+        records = wanted + [r for r in servable(store) if r.sha256 not in
+                            {w.sha256 for w in wanted}]
+        records = _newest_per_kind(records)
+        loaded = []
+        for record in records:
+            try:
+                engine = load_engine(store, record, settings, timer_factory)
+            except (StaleEngine, ConfigError) as exc:
+                if record in wanted:
+                    raise
+                log.warning("not serving engine %s: %s", record.engine_id, exc.message)
+                continue
+            loaded.append(LoadedEngine(engine, load_tokenizer(store.path(record))))
+        return loaded
+    finally:
+        store.close()
+
+
+def ensure_default_engines(store: EngineStore, settings: Settings) -> list[EngineRecord]:
+    """FP32 (+ INT8) ONNX Runtime engines of the built-in and ``--model-dir`` models."""
+    precisions = [Precision.FP32] + ([Precision.INT8] if settings.int8 else [])
+    # the built-in model under another name (settings.model) is built with --name
+    rename = settings.model if settings.model != BUILTIN_MODEL_NAME else None
+    sources: list[tuple[str, str | None]] = [(BUILTIN_MODEL_NAME, rename)]
+    if settings.model_dir:
+        sources.append((source_spec(settings.model_dir), None))
+    env = onnxruntime_env()
+    records = []
+    for spec, name in sources:
+        source = resolve_source(spec, settings.models_dir, name)
+        for precision in precisions:
+            args = BuildArgs(spec, DEFAULT_BACKEND, precision, settings.max_batch,
+                             model_context(source), model_name=name)
+            records.append(_current(store, args, source.name, env) or _build(store, args, settings))
+    return records
+
+
+def _current(store: EngineStore, args: BuildArgs, model: str, env: RuntimeEnv) -> EngineRecord | None:
+    """The newest indexed engine built with exactly ``args`` that is intact and current."""
+    for record in store.list(model):
+        if (record.backend, record.precision, record.build) != (args.backend, args.precision, args):
+            continue
+        try:
+            store.check(record, env)
+        except StaleEngine as exc:
+            log.warning("rebuilding: %s", exc.message)
+            return None
+        return record
+    return None
+
+
+def _build(store: EngineStore, args: BuildArgs, settings: Settings) -> EngineRecord:
+    log.info("building the %s %s engine of %s", args.backend, args.precision.value, args.source)
+    return build_engine(args, store, models_dir=settings.models_dir)
+
+
+def servable(store: EngineStore) -> list[EngineRecord]:
+    """Indexed engines whose runtime this process has (stale ones are filtered at load)."""
+    return [r for r in store.list() if runtime_env_for(r) is not None]
+
+
+def _newest_per_kind(records: list[EngineRecord]) -> list[EngineRecord]:
+    seen: set[tuple[str, str, Precision, str]] = set()
+    out = []
+    for record in records:  # wanted first, then the index newest first
+        kind = (record.model, record.backend, record.precision, record.device)
+        if kind not in seen:
+            seen.add(kind)
+            out.append(record)
+    return out
+
+
+def runtime_env_for(record: EngineRecord) -> RuntimeEnv | None:
+    """The runtime environment for ``record``'s backend here, or None if it is unavailable."""
+    try:
+        if record.backend == "onnxruntime":
+            return onnxruntime_env()
+        if record.backend == "torch":
+            from infermeter.runtime.torch_backend import torch_env
+
+            return torch_env("cuda" if record.device == "cuda" else "cpu")
+        if record.backend == "tensorrt":
+            from infermeter.runtime.build.tensorrt_builder import tensorrt_env
+
+            return tensorrt_env()
+    except ConfigError as exc:
+        log.info("engine %s cannot run here: %s", record.engine_id, exc.message)
+    return None
+
+
+def engine_status(store: EngineStore, record: EngineRecord) -> str:
+    """"ok", "stale: <why and how to rebuild>" or "foreign: <what it needs>"."""
+    env = runtime_env_for(record)
+    if env is None:
+        return f"foreign: needs {record.runtime} on {record.device}"
+    try:
+        store.check(record, env)
+    except StaleEngine as exc:
+        return "stale: " + exc.message
+    return "ok"
+
+
+def load_engine(
+    store: EngineStore,
+    record: EngineRecord,
+    settings: Settings,
+    timer_factory: Callable[[], StepTimer],
+) -> Engine:
+    """Check ``record`` against this machine and load it; StaleEngine names the rebuild."""
+    env = runtime_env_for(record)
+    if env is None:
+        raise StaleEngine(f"engine {record.engine_id} needs {record.runtime} on {record.device}, "
+                          f"which this machine lacks; rebuild it with "
+                          f"`{replace(record.build, backend=DEFAULT_BACKEND).command()}`")
+    engine_dir = store.check(record, env)
+    device_class = _device_class(record, env)
+
+    def timer_for(stream: Any) -> StepTimer:
+        if stream is None:
+            return timer_factory()
+        if not settings.metering:
+            return NullTimer()
+        from infermeter.metering.cuda_timer import CudaEventTimer
+
+        return CudaEventTimer(stream)
+
+    engine: Engine
+    if record.backend == "onnxruntime":
+        engine = OrtEngine.load(engine_dir, precision=record.precision, timer=timer_factory(),
+                                intra_op_threads=settings.intra_op_threads or None,
+                                max_batch=record.max_batch, engine_id=record.engine_id,
+                                model_name=record.model, model_file=record.artifact)
+    elif record.backend == "torch":
+        from infermeter.runtime.torch_backend import TorchEngine
+
+        engine = TorchEngine.load(engine_dir, precision=record.precision, timer_factory=timer_for,
+                                  device="cuda" if record.device == "cuda" else "cpu",
+                                  max_batch=record.max_batch, engine_id=record.engine_id,
+                                  model_name=record.model, device_class=device_class)
+    else:
+        from infermeter.runtime.trt_backend import TrtEngine
+
+        engine = TrtEngine.load(engine_dir, precision=record.precision, timer_factory=timer_for,
+                                dims=record.options["dims"], profiles=record.profiles,
+                                model=record.model, engine_id=record.engine_id,
+                                max_batch=record.max_batch, max_seq_len=record.max_seq_len,
+                                device_class=device_class,
+                                rebuild_hint=f"rebuild it with `{record.build.command()}`")
+    engine.info = replace(
+        engine.info, profiles=record.profiles, device_class=device_class,
+        max_batch=min(record.max_batch, engine.info.max_batch),
+        max_seq_len=min(record.max_seq_len, engine.info.max_seq_len),
+        extra={**engine.info.extra, "sha256": record.sha256, "cost_model": dict(record.cost_model),
+               "drift": None if record.drift is None else record.drift.to_json()},
+    )  # fmt: skip
+    return engine
+
+
+def _device_class(record: EngineRecord, env: RuntimeEnv) -> str:
+    """The RU table's class for the engine's device; ConfigError for an unpriced GPU."""
+    if env.device == "cpu":
+        return "cpu"
+    from infermeter.metering.ru import device_class_for
+
+    device_class = device_class_for(env.device_name)
+    if device_class is None:
+        raise ConfigError(f"GPU {env.device_name!r} has no RU factors; run `infermeter calibrate` "
+                          "on it or serve its engines on a priced GPU")
+    return device_class
+
+
+__all__ = [
+    "engine_status",
+    "ensure_default_engines",
+    "load_default_engines",
+    "load_engine",
+    "runtime_env_for",
+    "servable",
+]

@@ -61,7 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from infermeter.app.service import Service
 
     overrides = {"host": args.host, "port": args.port, "max_batch": args.max_batch,
-                 "intra_op_threads": args.threads, "log_level": args.log_level}
+                 "intra_op_threads": args.threads, "log_level": args.log_level,
+                 "model_dir": args.model_dir}
     if args.no_int8:
         overrides["int8"] = False
     settings = settings_from(args, **overrides)
@@ -248,6 +249,9 @@ def register(sub: Any) -> None:
     p.add_argument("--max-batch", type=int, dest="max_batch")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (0 = all cores)")
     p.add_argument("--no-int8", action="store_true", help="do not build/serve the INT8 flex engine")
+    p.add_argument("--model-dir", dest="model_dir",
+                   help="also serve this model directory (Optimum export: model.onnx, "
+                        "config.json, tokenizer.json)")
     p.add_argument("--log-level", dest="log_level")
     p.set_defaults(handler=cmd_serve)
 
