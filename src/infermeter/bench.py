@@ -160,7 +160,68 @@ def bench_gateway(home: Path, n: int) -> dict[str, Any]:
             "added_p50_ms": p50_gateway - p50_direct, "n": n}
 
 
+def bench_accuracy(home: Path, quick: bool) -> dict[str, Any]:
+    """Metering accuracy (``bench --accuracy``): requests solo, then batched, on ORT (CPU).
+
+    One intra-op thread and the thread-CPU-time step timer keep other processes' load out
+    of the figures (see metering.accuracy). The same batched steps are split by the
+    token-proportional default and by a cost model fitted from logged steps (calibration).
+    """
+    from infermeter.app.engines import load_default_engines
+    from infermeter.cli.calibrate import EngineRunner
+    from infermeter.metering import accuracy as acc
+    from infermeter.metering.attribution import TOKEN_PROPORTIONAL
+    from infermeter.metering.calibrate import cost_steps
+    from infermeter.metering.costfit import fit_cost_model
+
+    settings = load_settings({"home": home, "intra_op_threads": 1}, env={})
+    engine = load_default_engines(settings, acc.ThreadCpuTimer)[0].engine
+    runner = EngineRunner(engine)
+    try:
+        fitted, mape = fit_cost_model(cost_steps(runner, quick=quick), "fit-accuracy-bench")
+        specs = acc.request_set(8 if quick else 16, runner.vocab_size)
+        repeats = 3 if quick else 7
+        solo = acc.solo_device_us(runner, specs, repeats=repeats)
+        steps = acc.batched_steps(runner, specs, stagger=1, runs=repeats)
+    finally:
+        engine.close()
+    reports = {"before": acc.evaluate(steps, solo, TOKEN_PROPORTIONAL),
+               "after": acc.evaluate(steps, solo, fitted)}
+    out: dict[str, Any] = {"engine": engine.info.engine_id, "requests": len(specs),
+                           "repeats": repeats, "fit_mape_percent": str(mape)}
+    for name, rep in reports.items():
+        out[name] = {"model": rep.model_version, "conservation_error_us": rep.conservation_error_us,
+                     "measured_us": rep.measured_us, "solo_us": rep.solo_us,
+                     "share_median": rep.share_median, "share_p95": rep.share_p95,
+                     "raw_median": rep.raw_median, "raw_p95": rep.raw_p95}
+    return out
+
+
+def run_accuracy(args: argparse.Namespace) -> int:
+    """``infermeter bench --accuracy [--quick] [--json FILE]``: print the accuracy table."""
+    quick = bool(args.quick)
+    with tempfile.TemporaryDirectory(prefix="infermeter-accuracy-") as tmp:
+        result = bench_accuracy(Path(tmp), quick)
+    result |= {"machine": _machine(), "date": time.strftime("%Y-%m-%d"), "quick": quick}
+    table = Table("cost model", "conservation error", "median error", "p95 error",
+                  "raw median (incl. batching discount)")
+    for name in ("before", "after"):
+        r = result[name]
+        table.add_row(f"{name}: {r['model']}", f"{r['conservation_error_us']} µs",
+                      f"{r['share_median']:.1%}", f"{r['share_p95']:.1%}", f"{r['raw_median']:.1%}")
+    console.print(table)
+    console.print(f"{result['requests']} requests on {result['engine']}, medians of "
+                  f"{result['repeats']} runs; cost-model fit MAPE {result['fit_mape_percent']} %; "
+                  f"goal: conservation exact, median error ≤ 5 % after calibration")
+    console.print(f"machine: {result['machine']}; date {result['date']}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def run_benchmarks(args: argparse.Namespace) -> int:
+    if getattr(args, "accuracy", False):
+        return run_accuracy(args)
     quick = bool(args.quick)
     sizes = {"rounds": 2 if quick else 5, "requests": 4 if quick else 16,
              "max_tokens": 8 if quick else 32, "appends": 5_000 if quick else 200_000,

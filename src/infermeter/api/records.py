@@ -6,6 +6,7 @@ from typing import Any
 
 from infermeter.core.money import format_decimal
 from infermeter.core.records import UsageRecord
+from infermeter.metering.window_ledger import WindowMeters
 
 
 def metering_view(record: UsageRecord) -> dict[str, Any]:
@@ -33,9 +34,24 @@ def metering_view(record: UsageRecord) -> dict[str, Any]:
     }
 
 
-def record_view(record: UsageRecord, seq: int | None = None) -> dict[str, Any]:
-    """A full record for /v1/usage/records: the CloudEvent's data, plus its ledger position."""
+def record_view(
+    record: UsageRecord, seq: int | None = None, windows: WindowMeters | None = None
+) -> dict[str, Any]:
+    """A full record for /v1/usage/records: the CloudEvent's data, plus its ledger position.
+
+    ``windows``: the request's window-derived meters joined by request id (they arrive after
+    the record); they fill weighted_device_ms, dram_score and energy_mj where the record has
+    none, and ``window_count`` says how many sampler windows were joined.
+    """
     out = {"object": "usage.record", **record.data()}
     if seq is not None:
         out["seq"] = seq
+    if windows is not None:
+        if out.get("weighted_device_ms") is None and windows.weighted_device_ms is not None:
+            out["weighted_device_ms"] = format_decimal(windows.weighted_device_ms)
+        if out.get("dram_score") is None and windows.dram_score is not None:
+            out["dram_score"] = format_decimal(windows.dram_score)
+        if out.get("energy_mj") is None:
+            out["energy_mj"] = windows.energy_mj
+        out["window_count"] = windows.windows
     return out

@@ -73,7 +73,9 @@ def usage_records(
     rows = svc.store.list_records(tenant, limit=limit + 1, after_seq=after,
                                   start=_time(start, "start"), end=_time(end, "end"))
     page = rows[:limit]
-    return {"object": "list", "data": [record_view(r, seq) for seq, r in page],
+    windows = svc.window_ledger.meters_many(r.request_id for _, r in page) if svc.window_ledger else {}
+    return {"object": "list", "data": [record_view(r, seq, windows.get(r.request_id))
+                                       for seq, r in page],
             "has_more": len(rows) > limit, "next_after": page[-1][0] if page else None}
 
 
@@ -84,7 +86,7 @@ def usage_record(request: Request, record_id: str, key: ApiKey = Depends(api_key
     record = svc.store.get_record(record_id) or svc.store.get_by_request(record_id)
     if record is None or record.tenant_id != tenant:  # another tenant's record does not exist for you
         raise NotFound(f"no usage record {record_id!r} for this tenant; list yours at /v1/usage/records")
-    return record_view(record)
+    return record_view(record, windows=svc.window_meters(record.request_id))
 
 
 @router.get("/v1/invoices/{period}")

@@ -19,8 +19,12 @@ from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.billing.store import Store
 from infermeter.config import Settings
 from infermeter.core.timing import NullTimer
+from infermeter.metering.calibrate import load_latest
 from infermeter.metering.ru import SEED_TABLE, RuTable
+from infermeter.metering.sampler import WindowSampler
+from infermeter.metering.sources import make_source
 from infermeter.metering.timers import CpuStepTimer
+from infermeter.metering.window_ledger import WindowLedger, WindowMeters
 from infermeter.runtime.engine import Engine, EngineInfo, Tokenizer
 from infermeter.runtime.router import Router
 from infermeter.runtime.scheduler import SchedulerConfig
@@ -55,9 +59,17 @@ class Service:
         self.budgets = Budgets(spent_of=self.store.spent, limit_of=self._limit_of)
         self._limit_default = limit_default
         self.plan = plan
+        # The newest `infermeter calibrate` result, unless the caller chose a table itself.
+        calibration = load_latest(settings.home)
+        if calibration is not None and ru_table is SEED_TABLE:
+            ru_table = calibration.ru_table
         self.ru_table = ru_table
         self.pipeline = MeteringPipeline(self.store, self.budgets, plan, ru_table, self.metrics,
                                          enabled=settings.metering)
+        if calibration is not None:
+            for engine_id, model in calibration.cost_models.items():
+                self.pipeline.set_cost_model(engine_id, model)
+        self.sampler, self.window_ledger = self._window_metering(settings)
         self.worker = Worker(self.pipeline)
         self.tokenizers: dict[str, Tokenizer] = {}
         for loaded in engines:
@@ -72,6 +84,22 @@ class Service:
         self.router = Router(e.engine.info for e in engines)
         self._engines = list(engines)
         self.started = False
+
+    def _window_metering(self, settings: Settings) -> tuple[WindowSampler | None, WindowLedger | None]:
+        """The window sampler and its ledger, when ``settings.sampler`` names a source."""
+        source = make_source(settings.sampler) if settings.metering else None
+        if source is None:
+            return None, None
+        ledger = WindowLedger(settings.db_path)
+        gpm = settings.sampler in ("nvml", "dcgm")  # GPM windows under 100 ms read false zeros
+        sampler = WindowSampler(source, ledger.write, window_ms=settings.window_ms,
+                                min_activity_ms=100 if gpm else min(100, settings.window_ms))
+        self.pipeline.step_sink = sampler.record_step
+        return sampler, ledger
+
+    def window_meters(self, request_id: str) -> WindowMeters | None:
+        """A request's window-derived meters joined so far (None: no sampler, or no window)."""
+        return None if self.window_ledger is None else self.window_ledger.meters(request_id)
 
     def _limit_of(self, tenant_id: str) -> Decimal | None:
         tenant = self.store.get_tenant(tenant_id)
@@ -101,11 +129,17 @@ class Service:
                 if self.settings.metering:
                     self.store.append([self.pipeline.warmup_record(info, steps)])
         self.worker.start()
+        if self.sampler is not None:
+            self.sampler.start()
         self.started = True
         log.info("serving %s", ", ".join(e.engine_id for e in self.engine_infos()))
 
     def stop(self) -> None:
         self.worker.stop()
+        if self.sampler is not None:
+            self.sampler.stop(flush=True)
+        if self.window_ledger is not None:
+            self.window_ledger.close()
         self.store.flush(timeout=10)
         for loaded in self._engines:
             loaded.engine.close()

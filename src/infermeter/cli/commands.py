@@ -307,4 +307,5 @@ def register(sub: Any) -> None:
     p.add_argument("--quick", action="store_true", help="small workloads (seconds)")
     p.add_argument("--full", action="store_true", help="the sizes reported in docs/benchmarks.md")
     p.add_argument("--json", dest="json_out", help="also write results to this JSON file")
+    p.add_argument("--accuracy", action="store_true", help="metering accuracy: solo vs batched")
     p.set_defaults(handler=cmd_bench)
