@@ -50,10 +50,20 @@ def _str(value: str | None) -> str:
     return "null" if value is None else _s(value)
 
 
-def _fixed(value: int, places: int) -> str:
-    """format_decimal(Decimal(value).scaleb(-places), places), by integer arithmetic."""
-    whole, frac = divmod(abs(value), 10**places)
-    return f"{'-' if value < 0 else ''}{whole}.{frac:0{places}d}"
+def _milli(value: int) -> str:
+    """format_decimal(Decimal(value).scaleb(-3), 3), by integer arithmetic."""
+    if value < 0:
+        return "-" + _milli(-value)
+    whole, frac = divmod(value, 1000)
+    return f"{whole}.{frac:03d}"
+
+
+def _micro(value: int) -> str:
+    """format_decimal(Decimal(value).scaleb(-6), 6), by integer arithmetic."""
+    if value < 0:
+        return "-" + _micro(-value)
+    whole, frac = divmod(value, 1_000_000)
+    return f"{whole}.{frac:06d}"
 
 
 def _iso(ts: datetime) -> str:
@@ -102,7 +112,7 @@ def encode_event(record: UsageRecord) -> tuple[str, str, str]:
             f'"completion_tokens":{r.completion_tokens},"corrects":{_str(r.corrects)},'
             f'"cost":"{cost}","cost_model_version":{_s(r.cost_model_version)},'
             f'"currency":{_s(r.currency)},"decode_us":{r.decode_us},"device":{_s(r.device)},'
-            f'"device_ms":"{_fixed(us, 3)}","device_us":{us},"dram_score":{_opt_dec(r.dram_score)},'
+            f'"device_ms":"{_milli(us)}","device_us":{us},"dram_score":{_opt_dec(r.dram_score)},'
             f'"ended_at":"{time}","energy_mj":{"null" if energy is None else energy},'
             f'"engine_id":{_s(r.engine_id)},"kind":{_s(r.kind)},'
             f'"kv_mb_s":"{_dec(r.kv_mb_s)}","latency_ms":{r.latency_ms},'
@@ -110,7 +120,7 @@ def encode_event(record: UsageRecord) -> tuple[str, str, str]:
             f'"prefill_us":{r.prefill_us},"price_plan_version":{_s(r.price_plan_version)},'
             f'"prompt_tokens":{r.prompt_tokens},"queue_ms":{r.queue_ms},'
             f'"reason":{_str(r.reason)},"record_id":{rid},"request_id":{_s(r.request_id)},'
-            f'"ru":"{_fixed(ru, 6)}","ru_micros":{ru},'
+            f'"ru":"{_micro(ru)}","ru_micros":{ru},'
             f'"ru_table_version":{_s(r.ru_table_version)},'
             f'"service_tier":{_s(r.service_tier)},"started_at":"{_iso(r.started_at)}",'
             f'"status":{_s(r.status)},"tenant_id":{tenant},'

@@ -33,6 +33,7 @@ from infermeter.billing.sqlite_writer import (
     FLUSH,
     STOP,
     SUBMIT,
+    Checkpointer,
     Waiter,
     Writer,
     closed_error,
@@ -117,12 +118,15 @@ class SqliteStore:
             raise ConfigError(f"{self.path}: SQLite refused WAL mode; put the file on a local disk")
         conn.execute(f"PRAGMA synchronous = {mode}")
         conn.execute("PRAGMA cache_size = -32768")  # 32 MiB: index pages stay hot under load
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer thread does it
         migrate(conn)
         self._lock = threading.Lock()  # guards _closed against a racing put
         self._closed = False
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
-        self._writer = Writer(conn, max_group)
+        checkpoint = self._connect()
+        checkpoint.execute(f"PRAGMA synchronous = {mode}")
+        self._writer = Writer(conn, max_group, Checkpointer(checkpoint))
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)

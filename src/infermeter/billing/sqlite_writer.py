@@ -15,6 +15,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from itertools import chain
 from queue import Empty, SimpleQueue
 from typing import Any, Generic, TypeVar
@@ -28,7 +29,6 @@ T = TypeVar("T")
 
 SUBMIT, APPEND, CALL, FLUSH, STOP = range(5)
 _ROW = f"({', '.join('?' * len(COLUMNS))})"
-_CHUNK = 500  # ids per IN (...) lookup, well under SQLite's bound-parameter limit
 
 
 class Waiter(Generic[T]):
@@ -52,12 +52,59 @@ class Waiter(Generic[T]):
         return self._result  # type: ignore[return-value]  # set() without error sets a T
 
 
+class Checkpointer:
+    """Copies the WAL back into the database on its own thread and connection.
+
+    With SQLite's automatic checkpoints, the commit that crosses the threshold also copies
+    megabytes into the database file and fsyncs it, and every append in that group waits for
+    it. Here a group commit pays only for its WAL fsync; the copy runs beside the writer.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, every_rows: int = 2048, idle_s: float = 2.0):
+        self.conn = conn
+        self.every_rows = every_rows
+        self.idle_s = idle_s
+        self._rows = 0
+        self._wake = threading.Event()
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, name="infermeter-ledger-checkpoint")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def committed(self, rows: int) -> None:
+        """Called by the writer after each commit; wakes the thread every ``every_rows`` rows."""
+        self._rows += rows
+        if self._rows >= self.every_rows:
+            self._rows = 0
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait(self.idle_s)
+            self._wake.clear()
+            try:
+                # PASSIVE never blocks the writer or readers; what it cannot copy now, it copies
+                # next time. The WAL restarts from its beginning once a copy has caught up.
+                self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # e.g. SQLITE_BUSY from another process's checkpoint
+                log.warning("ledger checkpoint failed (%r); will retry", exc)
+        self.conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self.thread.join()
+
+
 class Writer:
     """Owns ``conn`` on its own thread. ``put`` callers must stop putting after ``STOP``."""
 
-    def __init__(self, conn: sqlite3.Connection, max_group: int) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, max_group: int, checkpointer: Checkpointer | None = None
+    ) -> None:
         self.conn = conn
         self.max_group = max_group
+        self.checkpointer = checkpointer
         self.queue: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="infermeter-ledger-writer")
         self.thread.daemon = True
@@ -82,6 +129,8 @@ class Writer:
             except BaseException:  # never let the writer die: callers would hang forever
                 log.exception("ledger writer: unexpected error processing %d items", len(items))
         self.conn.close()
+        if self.checkpointer is not None:
+            self.checkpointer.close()
 
     def _process(self, items: list[tuple[Any, ...]]) -> bool:
         pending: list[tuple[Any, ...]] = []
@@ -141,6 +190,8 @@ class Writer:
                 entries.extend(payload)
         try:
             results = self.append_now(entries)
+            if self.checkpointer is not None:
+                self.checkpointer.committed(len(entries))
         except Exception as exc:
             if len(pending) == 1:
                 _deliver(pending[0], None, exc)
@@ -211,17 +262,34 @@ def append_entries(conn: sqlite3.Connection, entries: Sequence[PreparedEntry]) -
 
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert with one multi-row statement per chunk, not one step per row.
+    """Insert with a few multi-row statements, not one statement step per row.
 
-    Each statement step releases the GIL once, for the whole chunk; ``executemany`` would
-    release and re-acquire it per row, and under CPU load each re-acquire can wait a whole
+    Each step releases the GIL once, for a whole chunk; ``executemany`` would release and
+    re-acquire it per row, and while other threads run Python each re-acquire can wait a
     switch interval (5 ms), which would throttle the writer to a few hundred rows a second.
     """
-    per = max(1, min(1000, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(COLUMNS)))
+    per = max(1, min(1500, _param_limit(conn) // len(COLUMNS)))
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]
-        sql = f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES {', '.join([_ROW] * len(chunk))}"
-        conn.execute(sql, list(chain.from_iterable(chunk)))
+        conn.execute(_insert_sql(len(chunk)), list(chain.from_iterable(chunk)))
+
+
+@lru_cache(maxsize=64)
+def _insert_sql(n: int) -> str:
+    return f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES {', '.join([_ROW] * n)}"
+
+
+@lru_cache(maxsize=64)
+def _lookup_sql(n: int) -> str:
+    marks = ", ".join("?" * n)
+    return (
+        "SELECT seq, record_id, request_id, payload, entry_hash FROM ledger "
+        f"WHERE request_id IN ({marks}) OR record_id IN ({marks})"
+    )
+
+
+def _param_limit(conn: sqlite3.Connection) -> int:
+    return conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
 
 def _existing(
@@ -229,17 +297,13 @@ def _existing(
 ) -> tuple[dict[str, AppendResult], dict[str, AppendResult]]:
     """Entries already in the ledger with one of these request ids, or record ids."""
     found: tuple[dict[str, AppendResult], dict[str, AppendResult]] = ({}, {})
-    for column, at in (("request_id", 1), ("record_id", 0)):
-        keys = [e.columns[at] for e in entries]
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            sql = (
-                "SELECT seq, record_id, request_id, payload, entry_hash FROM ledger "
-                f"WHERE {column} IN ({', '.join('?' * len(chunk))})"
-            )
-            for seq, record_id, request_id, payload, entry_hash in conn.execute(sql, chunk):
-                result = AppendResult(record_from_payload(payload), seq, entry_hash, False)
-                found[0][request_id] = found[1][record_id] = result
+    per = max(1, min(4096, _param_limit(conn) // 2))
+    for start in range(0, len(entries), per):
+        chunk = entries[start : start + per]
+        keys = [e.columns[1] for e in chunk] + [e.columns[0] for e in chunk]
+        for seq, record_id, request_id, payload, entry_hash in conn.execute(_lookup_sql(len(chunk)), keys):
+            result = AppendResult(record_from_payload(payload), seq, entry_hash, False)
+            found[0][request_id] = found[1][record_id] = result
     return found
 
 
