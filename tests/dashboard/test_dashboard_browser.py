@@ -202,14 +202,15 @@ def test_tenant_view_fits_a_phone(browser: Any, live: LiveServer, shots: Path) -
     page.close()
 
 
-def test_bad_key_shows_an_error_and_no_data(browser: Any, live: LiveServer) -> None:
+def test_bad_key_shows_an_error_and_no_data(browser: Any, live: LiveServer, shots: Path) -> None:
     """A wrong key stays on the sign-in form with the API's message, and is forgotten."""
-    page, _ = _open(browser, live, "sk-not-a-real-key")  # its 401 is logged, as designed
+    page, _ = _open(browser, live, "im-not-a-real-key")  # its 401 is logged, as designed
     page.wait_for_selector("#signin-error:not([hidden])", timeout=20000)
     assert "invalid API key" in page.inner_text("#signin-error")
     assert not page.is_visible("#tenant-view") and not page.is_visible("#operator-view")
     assert page.evaluate("sessionStorage.length") == 0
-    assert "sk-not-a-real-key" not in page.url
+    assert "im-not-a-real-key" not in page.url
+    page.screenshot(path=str(shots / "signin-error.png"))
     page.close()
 
 
