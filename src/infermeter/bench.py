@@ -174,8 +174,12 @@ def bench_accuracy(home: Path, quick: bool) -> dict[str, Any]:
     from infermeter.metering.calibrate import cost_steps
     from infermeter.metering.costfit import fit_cost_model
 
-    settings = load_settings({"home": home, "intra_op_threads": 1}, env={})
-    engine = load_default_engines(settings, acc.ThreadCpuTimer)[0].engine
+    settings = load_settings({"home": home, "intra_op_threads": 1, "int8": False}, env={})
+    loaded = load_default_engines(settings, acc.ThreadCpuTimer)
+    engine = next(x.engine for x in loaded if x.engine.info.backend == "onnxruntime")
+    for other in loaded:
+        if other.engine is not engine:
+            other.engine.close()
     runner = EngineRunner(engine)
     try:
         fitted, mape = fit_cost_model(cost_steps(runner, quick=quick), "fit-accuracy-bench")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -209,7 +210,7 @@ def test_the_energy_counter_is_read_on_the_sampler_thread_only() -> None:
     assert len(published) >= 3
     assert source.read_threads == {thread.ident}
     assert threading.get_ident() not in source.read_threads
-    for before, after in zip(published, published[1:], strict=False):
+    for before, after in itertools.pairwise(published):
         assert after.attribution.window_start_ns == before.attribution.window_end_ns
     assert all(w.attribution.window_end_ns - w.attribution.window_start_ns >= 20 * MS
                for w in published)

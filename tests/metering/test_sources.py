@@ -87,41 +87,41 @@ class FakeNvml:
 
         self.c_nvmlGpmMetricsGet_t = Get
 
-    def nvmlInit(self) -> None:  # noqa: N802 (pynvml's names)
+    def nvmlInit(self) -> None:
         return None
 
-    def nvmlShutdown(self) -> None:  # noqa: N802
+    def nvmlShutdown(self) -> None:
         self.shutdowns += 1
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
         return f"gpu{index}"
 
-    def nvmlDeviceGetName(self, handle: str) -> bytes:  # noqa: N802
+    def nvmlDeviceGetName(self, handle: str) -> bytes:
         return b"NVIDIA H100 80GB HBM3"
 
-    def nvmlGpmQueryDeviceSupport(self, handle: str) -> Any:  # noqa: N802
+    def nvmlGpmQueryDeviceSupport(self, handle: str) -> Any:
         return SimpleNamespace(isSupportedDevice=int(self.gpm))
 
-    def nvmlGpmSampleAlloc(self) -> Any:  # noqa: N802
+    def nvmlGpmSampleAlloc(self) -> Any:
         return SimpleNamespace(taken=0)
 
-    def nvmlGpmSampleFree(self, sample: Any) -> None:  # noqa: N802
+    def nvmlGpmSampleFree(self, sample: Any) -> None:
         self.freed += 1
 
-    def nvmlGpmSampleGet(self, handle: str, sample: Any) -> None:  # noqa: N802
+    def nvmlGpmSampleGet(self, handle: str, sample: Any) -> None:
         sample.taken += 1
 
-    def nvmlGpmMetricsGet(self, get: Any) -> Any:  # noqa: N802
+    def nvmlGpmMetricsGet(self, get: Any) -> Any:
         self.gets.append(get)
         for metric in get.metrics[: get.numMetrics]:
             metric.value = self.values.get(metric.metricId, math.nan)
         return get
 
-    def nvmlDeviceGetTotalEnergyConsumption(self, handle: str) -> int:  # noqa: N802
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: str) -> int:
         self.energy += 8_200
         return self.energy
 
-    def nvmlDeviceGetMemoryInfo(self, handle: str) -> Any:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, handle: str) -> Any:
         return SimpleNamespace(used=3 << 30, total=80 << 30)
 
 

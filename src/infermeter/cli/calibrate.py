@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from infermeter.config import Settings, load_settings
-from infermeter.core.errors import ConfigError, NotFound
+from infermeter.core.errors import NotFound, StaleEngine
+from infermeter.core.timing import StepTimer
 from infermeter.core.types import Phase, Precision
 from infermeter.metering import calibrate as cal
 from infermeter.metering.ru import SEED_TABLE, RuTable, device_class_for
@@ -63,43 +64,49 @@ def cpu_engines(settings: Settings) -> list[Engine]:
     from infermeter.app.engines import load_default_engines
     from infermeter.metering.timers import CpuStepTimer
 
-    return [loaded.engine for loaded in load_default_engines(settings, CpuStepTimer)]
+    loaded = load_default_engines(settings, CpuStepTimer)
+    return [x.engine for x in loaded if x.engine.info.device == "cpu"]
 
 
 def torch_engine(settings: Settings, *, precision: Precision = Precision.FP16,
-                 device: str = "cuda", timer_factory: Any | None = None) -> Engine:
-    """The built-in model on the PyTorch backend (``runtime.torch_backend``), built once
-    into ``<home>/engines/<model>-torch-<precision>`` from the ONNX model's weights.
+                 device: str = "cuda", timer_factory: Callable[[], StepTimer] | None = None
+                 ) -> Engine:
+    """The built-in model on the PyTorch backend (``runtime.torch_backend``), from the engine
+    index: the newest intact torch engine of that precision and device, else one built now.
 
-    ``timer_factory(stream)`` makes the step timer; default: CUDA events on the engine's
-    stream on a GPU, wall time on the CPU.
+    On a GPU the step timer is CUDA events on the engine's own stream (``app.engines``), or
+    none when ``settings.metering`` is off; ``timer_factory`` times CPU engines.
     """
-    import shutil
-
-    from infermeter.metering.cuda_timer import CudaEventTimer
+    from infermeter.app.engines import load_engine, runtime_env_for
     from infermeter.metering.timers import CpuStepTimer
-    from infermeter.runtime import torch_backend as tb
-    from infermeter.runtime.builtin_model import ensure_builtin_model
+    from infermeter.runtime.build.builder import build_engine, model_context, resolve_source
+    from infermeter.runtime.build.metadata import BuildArgs
+    from infermeter.runtime.builtin_model import BUILTIN_MODEL_NAME
+    from infermeter.runtime.engine_store import EngineStore
 
-    model_dir = ensure_builtin_model(settings.models_dir / settings.model)
-    engine_dir = settings.engines_dir / f"{settings.model}-torch-{precision.value}"
-    if not (engine_dir / tb.WEIGHTS_FILE).is_file():
-        engine_dir.mkdir(parents=True, exist_ok=True)
-        config = tb.decoder_config(json.loads((model_dir / "config.json").read_text("utf-8")))
-        weights = tb.weights_from_onnx(model_dir / "model.onnx", config)
-        tb.save_weights(weights, engine_dir / tb.WEIGHTS_FILE, precision)
-        shutil.copyfile(model_dir / "config.json", engine_dir / "config.json")
-    if timer_factory is None:
-        timer_factory = (lambda stream: CudaEventTimer(stream)) if device.startswith("cuda") \
-            else (lambda stream: CpuStepTimer())
-    device_class = None
-    if device.startswith("cuda"):
-        env = tb.torch_env(device)
-        device_class = device_class_for(env.device_name) or env.device_name
-    engine: Engine = tb.TorchEngine.load(engine_dir, precision=precision, device=device,
-                                         timer_factory=timer_factory, max_batch=settings.max_batch,
-                                         model_name=settings.model, device_class=device_class)
-    return engine
+    store = EngineStore(settings.home)
+    try:
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        record = None
+        for candidate in store.list(BUILTIN_MODEL_NAME):
+            env = runtime_env_for(candidate)
+            if (candidate.backend, candidate.precision, candidate.device) != ("torch", precision,
+                                                                              kind) or env is None:
+                continue
+            try:
+                store.check(candidate, env)
+            except StaleEngine:
+                continue
+            record = candidate
+            break
+        if record is None:
+            source = resolve_source(BUILTIN_MODEL_NAME, settings.models_dir, None)
+            args = BuildArgs(BUILTIN_MODEL_NAME, "torch", precision, settings.max_batch,
+                             model_context(source))
+            record = build_engine(args, store, models_dir=settings.models_dir, device=device)
+        return load_engine(store, record, settings, timer_factory or CpuStepTimer)
+    finally:
+        store.close()
 
 
 def cuda_engines(settings: Settings) -> list[Engine]:
