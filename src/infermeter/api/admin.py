@@ -31,13 +31,10 @@ from infermeter.api.usage import _time, row_view
 from infermeter.billing.store import ApiKey, Store, UsageRow
 from infermeter.core.errors import NotFound
 from infermeter.core.money import format_decimal
-from infermeter.core.records import iso
+from infermeter.core.records import PLATFORM_TENANT, iso
 
 router = APIRouter()
 
-# app.pipeline.PLATFORM_TENANT: warm-up entries are recorded under it (api may not import app;
-# tests/api/test_admin.py checks the two agree)
-PLATFORM_TENANT = "platform"
 EXPORT_PAGE = 500
 MAX_RECENT = 200
 RECENT_WINDOW = 256  # the first ledger tail /v1/usage/recent looks at; then x4 each time

@@ -91,10 +91,18 @@ def _admit(request: Request, key: ApiKey, body: _Sampling, prompt: str) -> _Admi
         tier=tier, prompt_ids=prompt_ids, max_tokens=max_tokens,
         sampling=SamplingParams(body.temperature, body.top_p, body.seed), stop=body.stops(),
         on_token=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
-        on_finish=lambda outcome: loop.call_soon_threadsafe(events.put_nowait, _Done(outcome)),
+        on_finish=lambda outcome: _finished(svc, loop, events, outcome),
     )
     svc.worker.submit(gen)
+    svc.metrics.in_flight.inc()
     return _Admitted(gen, events, engine, int(time.time()))
+
+
+def _finished(svc: Any, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[TokenEvent | _Done],
+              outcome: object) -> None:
+    """Runs on the ledger writer thread once the record is durable (or failed)."""
+    svc.metrics.in_flight.dec()
+    loop.call_soon_threadsafe(events.put_nowait, _Done(outcome))
 
 
 def _usage(record: UsageRecord) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from infermeter.billing.pricing import PricePlan
 from infermeter.billing.store import AppendResult, Store
 from infermeter.core.ids import record_id as new_record_id
 from infermeter.core.money import micros_to_decimal
-from infermeter.core.records import StepRecord, StepShares, UsageRecord, utc_now
+from infermeter.core.records import PLATFORM_TENANT, StepRecord, StepShares, UsageRecord, utc_now
 from infermeter.core.types import ServiceTier, Status
 from infermeter.metering.attribution import TOKEN_PROPORTIONAL, CostModel, attribute
 from infermeter.metering.meter import MeterBook
@@ -31,7 +31,6 @@ from infermeter.runtime.worker import FinishedRequest
 
 log = logging.getLogger(__name__)
 
-PLATFORM_TENANT = "platform"
 RESERVE_SAFETY = Decimal(2)
 
 

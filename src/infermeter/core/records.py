@@ -18,6 +18,7 @@ from infermeter.core.types import Phase, Precision, ServiceTier, Status
 
 CLOUDEVENT_TYPE = "dev.infermeter.usage.v1"
 CLOUDEVENT_SOURCE = "infermeter"
+PLATFORM_TENANT = "platform"  # the tenant of warm-up and other platform-overhead records
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +198,7 @@ def canonical_json(obj: Any) -> bytes:
 
 __all__ = [
     "CLOUDEVENT_TYPE",
+    "PLATFORM_TENANT",
     "Participant",
     "StepRecord",
     "StepShares",
