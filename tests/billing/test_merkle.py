@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -18,6 +20,9 @@ from infermeter.billing.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from infermeter.billing.sqlite_store import SqliteStore
+
+from .ledger_records import make_record
 
 # The RFC 6962 test vectors shipped with the certificate-transparency reference code.
 CT_LEAVES = [b"", b"\x00", b"\x10", b"\x20\x21", b"\x30\x31", b"\x40\x41\x42\x43",
@@ -172,3 +177,21 @@ def test_edges_of_consistency() -> None:
         consistency_proof(6, tree)
     with pytest.raises(ValueError, match="outside"):
         inclusion_proof(5, tree)
+
+
+def test_the_store_leaf_hashes_form_the_tree_of_its_entries(tmp_path: Path) -> None:
+    """store.leaf_hashes() are SHA-256(0x00‖payload) in seq order; a record's proof verifies."""
+    with SqliteStore(tmp_path / "im.db") as store:
+        results = store.append([make_record(i) for i in range(7)])
+        hashes = store.leaf_hashes()
+        payloads = [
+            p for (p,) in sqlite3.connect(store.path).execute("SELECT payload FROM ledger ORDER BY seq")
+        ]
+        assert hashes == [leaf_hash(p.encode()) for p in payloads]
+        assert store.leaf_hashes(3) == hashes[:3]
+        seq = results[4].seq
+        proof = inclusion_proof(seq, hashes)
+        assert verify_inclusion(hashes[seq], seq, 7, proof, merkle_root(hashes))
+        store.append([make_record(7)])
+        grown = store.leaf_hashes()
+        assert verify_consistency(7, 8, merkle_root(hashes), merkle_root(grown), consistency_proof(7, grown))

@@ -371,6 +371,16 @@ class SqliteStore:
         row = self._read().execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM ledger").fetchone()
         return int(row[0])
 
+    def leaf_hashes(self, size: int | None = None) -> list[bytes]:
+        """The RFC 9162 leaf hashes of the first ``size`` entries (all when None), in seq order.
+
+        For ``billing.merkle``: ``merkle_root(store.leaf_hashes())`` is the ledger's tree head.
+        Not part of the ``Store`` protocol.
+        """
+        sql = "SELECT leaf_hash FROM ledger ORDER BY seq LIMIT ?"
+        rows = self._read().execute(sql, (-1 if size is None else size,))
+        return [bytes.fromhex(h) for (h,) in rows]
+
     def verify(self) -> VerifyReport:
         """Re-hash and re-check the whole ledger, in one read snapshot."""
         conn = self._read()
