@@ -158,6 +158,8 @@ class WindowSampler:
         return int(statistics.median(self._idle_seen)) if self._idle_seen else 0
 
     def _run(self) -> None:
+        if self._prev is None:
+            self.poll()  # the first window starts now, not at the next boundary
         while not self._stop.is_set():
             now = self._clock()
             wait_ns = (now // self.window_ns + 1) * self.window_ns - now
