@@ -247,13 +247,23 @@ def _null() -> Iterator[None]:
     yield
 
 
-def make_sampler(kind: str, ledger: Any) -> Any:
+def make_sampler(kind: str, ledger: Any, idle_power_mw: int | None = None) -> Any:
     from infermeter.metering.sampler import WindowSampler
     from infermeter.metering.sources import make_source
 
     source = make_source(kind)
     assert source is not None
-    return WindowSampler(source, ledger.write, window_ms=100, min_activity_ms=100)
+    return WindowSampler(source, None if ledger is None else ledger.write, window_ms=100,
+                         min_activity_ms=100, idle_power_mw=idle_power_mw)
+
+
+def idle_power(kind: str, seconds: float = 0.8) -> int:
+    """The device's idle power (mW), learned by a sampler over windows with no step."""
+    sampler = make_sampler(kind, None)
+    sampler.start()
+    time.sleep(seconds)
+    sampler.stop(flush=False)
+    return int(sampler.idle_power_mw)
 
 
 MODES = ("off", "timer", "metered", "full")
@@ -282,6 +292,8 @@ def throughput_and_windows(report: Report, ctx: dict[str, Any], data: dict[str, 
     sync_calls = 0
     torch = importlib.import_module("torch")
     done_rounds = 0
+    idle_mw = ctx["idle_power_mw"] = idle_power(kind)
+    data["idle_power_mw"] = idle_mw
     engine.timer, service.pipeline.enabled = NullTimer(), False
     run_batch(service, engine_id, prompts(count, engine.info.vocab_size, seed=99), "warm-up")
     for r in range(rounds):
@@ -292,7 +304,7 @@ def throughput_and_windows(report: Report, ctx: dict[str, Any], data: dict[str, 
         for mode in order:
             engine.timer = NullTimer() if mode == "off" else metered_timer
             service.pipeline.enabled = mode in ("metered", "full")
-            sampler = make_sampler(kind, ledger) if mode == "full" else None
+            sampler = make_sampler(kind, ledger, idle_mw) if mode == "full" else None
             service.pipeline.step_sink = sampler.record_step if sampler else None
             if sampler:
                 sampler.start()
@@ -360,7 +372,7 @@ def fixed_prompt_ru(ctx: dict[str, Any], data: dict[str, Any]) -> None:
              "Once upon a time, on a GPU far away,", "def add(a, b):\n    return a + b\n"]
     tok = ctx["tokenizer"]
     work = [(tok.encode(t), 32) for t in texts]
-    sampler = make_sampler(ctx["sampler"], ctx["ledger"])
+    sampler = make_sampler(ctx["sampler"], ctx["ledger"], ctx.get("idle_power_mw"))
     service.pipeline.step_sink = sampler.record_step
     sampler.start()
     try:
@@ -498,8 +510,9 @@ def table(report: Report) -> str:
             ("synchronize calls added by metering", str(t["synchronize_calls_while_metering"]), "0"),
             ("sampler windows valid / rejected", f"{t['windows_valid']} / {t['windows_rejected']} "
              f"of {t['windows']} ({t['sampler_source']}; {t['rejected_by_reason'] or 'none'})", ""),
-            ("energy per 1,000 tokens", f"{t['energy_j_per_1k_tokens']} J "
-             f"(attributed {t['attributed_energy_j_per_1k_tokens']} J)", ""),
+            ("energy per 1,000 tokens", f"{t['energy_j_per_1k_tokens']} J (attributed above "
+             f"idle {t['attributed_energy_j_per_1k_tokens']} J; idle {t['idle_power_mw'] / 1000:.1f} W)",
+             ""),
         ]
     else:
         rows.append(("throughput / conservation / windows", fail("throughput"), ""))
