@@ -34,12 +34,15 @@ _KNOWN_FIELDS = frozenset(
 _FAST = _KNOWN_FIELDS == {f.name for f in fields(UsageRecord)}
 _SOURCE = _s(CLOUDEVENT_SOURCE)
 _TYPE = _s(CLOUDEVENT_TYPE)
-_LIMIT = 10**24  # beyond this, format_decimal's 28-digit normalize() could round: use it
+_LIMIT = 10**24  # beyond any real meter; larger values take the reference path
 
 
 def _dec(value: Decimal) -> str:
-    """format_decimal(value): with no minimum places it is exactly normalize() in "f" format."""
-    return format(value.normalize(), "f")
+    """format_decimal(value) with no minimum places: trailing zeros trimmed, never rounded."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
 
 
 def _opt_dec(value: Decimal | None) -> str:

@@ -70,12 +70,15 @@ class Money:
 
 def format_decimal(value: Decimal, min_places: int = 0) -> str:
     """Render a Decimal without exponent, keeping at least ``min_places`` fraction digits."""
-    text = format(value.normalize(), "f")
+    # no normalize(): it rounds to the context's 28 digits; trimming the text never rounds
+    text = format(value, "f")
     if "." in text:
         whole, frac = text.split(".")
     else:
         whole, frac = text, ""
-    frac = frac.ljust(min_places, "0")
+    frac = frac.rstrip("0").ljust(min_places, "0")
+    if whole in ("-0", "+0") and not frac.strip("0"):
+        whole = "0"
     return f"{whole}.{frac}" if frac else whole
 
 
