@@ -123,8 +123,8 @@ class EngineStore:
         """Move a finished build into ``engines/<sha[:16]>``, write its metadata, index it.
 
         The artifact is re-hashed first: a record whose sha256 does not match its artifact is
-        refused. Putting the same artifact again replaces its record (a rebuild that
-        produced identical bytes) and keeps the existing files.
+        refused. Putting the same artifact again (a rebuild that produced identical bytes)
+        replaces its files and record, which also repairs a damaged copy.
         """
         actual = file_sha256(artifact_paths(staging, record))
         if actual != record.sha256:
@@ -134,11 +134,11 @@ class EngineStore:
             )
         target = self.root / record.sha256[:16]
         _write_json(staging / METADATA_FILE, record.to_json())
-        if target.exists():
-            _write_json(target / METADATA_FILE, record.to_json())
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        if target.exists():  # a rebuild: the fresh, verified files replace whatever is there
+            old = self.staging()
+            os.replace(target, old / "replaced")
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(staging, target)
         with self._conn:
             self._conn.execute("DELETE FROM engines WHERE engine_id = ? AND sha256 != ?",
                                (record.engine_id, record.sha256))

@@ -122,8 +122,8 @@ def request_fit(
 ) -> RequestFit:
     """Whether a single sequence can run start to end on ``profiles``.
 
-    Prefill: the prompt is fed in chunks of a profile's ``max_tokens``, so its last chunk
-    (and every earlier one) must be admitted after the past before it. Decode: the last
+    Prefill: the prompt is fed in chunks of at most a profile's ``max_tokens``, the last one
+    after at most its ``max_past`` cached tokens. Decode: the last
     decode step feeds generated token ``max_tokens - 1`` after ``prompt + max_tokens - 2``
     cached tokens (the first generated token comes from the prefill's logits).
     An empty ``profiles`` admits everything.
@@ -145,13 +145,15 @@ def request_fit(
 
 
 def _prefill_admits(p: ShapeProfile, prompt_tokens: int) -> bool:
+    """Some chunking of the prompt runs on ``p``: chunks of at most ``max_tokens``, the last
+    one after at most ``max_past`` cached tokens (the scheduler's chunk size may differ)."""
     if prompt_tokens == 1:
         return p.admits(1, 1, 0)
-    chunk = min(prompt_tokens, p.max_tokens)
-    if chunk < 2 and p.max_tokens < prompt_tokens:
-        return False  # a one-token-per-step profile does not prefill a prompt
-    last = prompt_tokens % chunk or chunk
-    return p.admits(1, chunk, 0) and p.admits(1, last, prompt_tokens - last)
+    return (
+        p.max_tokens >= 2
+        and p.admits(1, min(prompt_tokens, p.max_tokens), 0)
+        and prompt_tokens <= p.max_past + p.max_tokens
+    )
 
 
 def opt_past(profile: ShapeProfile) -> int:
