@@ -23,6 +23,7 @@ class Migration:
 
 
 _APPEND_ONLY = "the usage ledger is append-only; record a correction as a new reversal or adjustment entry"
+_CHECKPOINTS_ONLY_ADDED = "signed checkpoints are never changed or removed; sign a new one instead"
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -86,6 +87,35 @@ MIGRATIONS: tuple[Migration, ...] = (
                 head TEXT NOT NULL
             )""",
             f"INSERT INTO ledger_head (id, size, head) VALUES (0, 0, '{GENESIS_HASH.hex()}')",
+        ),
+    ),
+    Migration(
+        "0003_checkpoints",
+        (
+            # The log's name, signed into every checkpoint: random per installation, so a
+            # checkpoint of one infermeter is never taken for another's.
+            """CREATE TABLE ledger_log (
+                id INTEGER PRIMARY KEY CHECK (id = 0),
+                origin TEXT NOT NULL
+            )""",
+            "INSERT INTO ledger_log (id, origin) VALUES (0, 'infermeter/' || lower(hex(randomblob(8))))",
+            # Signed tree heads (billing.checkpoints); number is the order they were made in.
+            """CREATE TABLE checkpoints (
+                number INTEGER PRIMARY KEY,
+                origin TEXT NOT NULL,
+                tree_size INTEGER NOT NULL,
+                root_hash TEXT NOT NULL,
+                timestamp TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                signature TEXT NOT NULL
+            )""",
+            "CREATE INDEX checkpoints_tree_size ON checkpoints (tree_size)",
+            f"""CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
+                BEGIN SELECT RAISE(ABORT, '{_CHECKPOINTS_ONLY_ADDED}'); END""",
+            f"""CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
+                BEGIN SELECT RAISE(ABORT, '{_CHECKPOINTS_ONLY_ADDED}'); END""",
+            "CREATE TRIGGER ledger_log_no_update BEFORE UPDATE ON ledger_log "
+            "BEGIN SELECT RAISE(ABORT, 'the ledger log origin never changes'); END",
         ),
     ),
 )
