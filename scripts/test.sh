@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs and run it.
-#   - a virtual environment in .venv with infermeter and its test extras;
+#   - a virtual environment in .venv with infermeter and its test extras (and PyTorch's CPU
+#     build where one lies on local disk);
 #   - where apt-get is available and we are root: Debian's chromium (dashboard tests with
 #     Playwright) and prometheus (a real server scrapes /metrics). Without them those tests
 #     skip with the reason; everything else still runs.
@@ -10,6 +11,12 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -e '.[test]'
+# PyTorch is never a default dependency. Where a CPU build lies on local disk (as on this
+# project's machines), install it so the PyTorch backend's CPU tests run instead of skipping.
+if ls /opt/wheels/torch-*+cpu-*.whl >/dev/null 2>&1 && ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+  .venv/bin/pip install --quiet "torch==$(ls /opt/wheels/torch-*+cpu-*.whl | head -1 | sed -E 's/.*torch-([0-9.]+)\+cpu.*/\1/')" \
+    || echo "note: could not install the local PyTorch CPU build; torch backend tests will skip"
+fi
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   need=()
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
