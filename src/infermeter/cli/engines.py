@@ -122,7 +122,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from infermeter.metering.timers import CpuStepTimer
     from infermeter.runtime.build.bench import bench_engine
 
-    settings = _settings(args)
+    settings = load_settings({"home": args.home, "intra_op_threads": args.threads})
     store = EngineStore(settings.home)
     try:
         records = [store.get(ref) for ref in args.engines] or servable(store)
@@ -140,17 +140,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     machine = f"{cpu_name()}, {_cores()} cores, Python {platform.python_version()}"
     when = datetime.now(UTC).strftime("%Y-%m-%d")
     if args.json:
-        _emit({"machine": machine, "date": when, "engines": [b.to_json() for b in results]})
+        _emit({"machine": machine, "date": when, "intra_op_threads": settings.intra_op_threads,
+               "engines": [b.to_json() for b in results]})
         return 0
     table = Table("engine", "prefill tok/s", "prefill ms/tok", "decode tok/s (b=1)",
                   "decode ms/tok (b=1)", "decode tok/s (batch)", "decode ms/tok (batch)")
+    table.columns[0].no_wrap = True
     for b in results:
         table.add_row(b.engine_id, f"{b.prefill_tokens_per_s:,.0f}", f"{b.prefill_ms_per_token:.4f}",
                       f"{b.decode_tokens_per_s:,.0f}", f"{b.decode_ms_per_token:.3f}",
                       f"{b.batch_decode_tokens_per_s:,.0f} (b={b.batch})",
                       f"{b.batch_decode_ms_per_token:.3f}")
     out.print(table)
-    out.print(f"{machine}; {when}; device time from each engine's step timer")
+    threads = settings.intra_op_threads or "all"
+    out.print(f"{machine}; {when}; ONNX Runtime intra-op threads: {threads}; device time from "
+              "each engine's step timer")
     return 0
 
 
@@ -202,5 +206,6 @@ def register(sub: Any) -> None:
     p.add_argument("--decode-steps", type=int, default=32, dest="decode_steps")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (0 = all cores)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_bench)
