@@ -35,6 +35,7 @@ class Settings:
     default_budget: str | None = None  # per-tenant spend limit for new tenants; None = unlimited
     sampler: str = "none"  # window sampler source: none | scripted | nvml | dcgm
     window_ms: int = 100  # sampler window length (GPM needs >= 100 ms)
+    checkpoint_interval_s: int = 60  # sign a ledger checkpoint this often when it grew; 0 = only on demand
     log_level: str = "info"
 
     @property
@@ -89,6 +90,9 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
         raise ConfigError(f"sampler={settings.sampler!r}; use none, scripted, nvml or dcgm")
     if settings.window_ms < 1:
         raise ConfigError(f"window_ms={settings.window_ms} must be >= 1 (100 is the default)")
+    if settings.checkpoint_interval_s < 0:
+        raise ConfigError(f"checkpoint_interval_s={settings.checkpoint_interval_s} must be >= 0 "
+                          "(60 is the default; 0 signs checkpoints only on demand)")
     if settings.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"synchronous={settings.synchronous!r}; use NORMAL, FULL or EXTRA")
     return settings

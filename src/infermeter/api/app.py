@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 import infermeter
-from infermeter.api import admin, completions, errors, system, usage
+from infermeter.api import admin, completions, errors, ledger, system, usage
 from infermeter.dashboard import routes as dashboard
 
 
@@ -31,6 +31,7 @@ def create_app(service: Any, *, manage: bool = True) -> FastAPI:
     errors.install(app)
     app.include_router(completions.router)
     app.include_router(usage.router)
+    app.include_router(ledger.router)
     app.include_router(system.router)
     admin.install(app)
     app.include_router(dashboard.router)

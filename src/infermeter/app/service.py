@@ -14,7 +14,9 @@ from pathlib import Path
 
 from infermeter.api.metrics import Metrics
 from infermeter.billing.budgets import Budgets
+from infermeter.billing.checkpoint_log import CheckpointLog, CheckpointScheduler
 from infermeter.billing.pricing import DEFAULT_PLAN, PricePlan
+from infermeter.billing.signing import LedgerKeys
 from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.billing.store import Store
 from infermeter.config import Settings
@@ -55,6 +57,10 @@ class Service:
         settings.home.mkdir(parents=True, exist_ok=True)
         self.store: Store = store or SqliteStore(settings.db_path, synchronous=settings.synchronous)
         self.metrics = Metrics()
+        # The verifiable log: the signing key is made here on first start (billing.signing).
+        self.checkpoints = CheckpointLog(getattr(self.store, "path", settings.db_path),
+                                         LedgerKeys(settings.home / "keys"))
+        self._checkpointer: CheckpointScheduler | None = None
         limit_default = Decimal(settings.default_budget) if settings.default_budget else None
         self.budgets = Budgets(spent_of=self.store.spent, limit_of=self._limit_of)
         self._limit_default = limit_default
@@ -131,6 +137,9 @@ class Service:
         self.worker.start()
         if self.sampler is not None:
             self.sampler.start()
+        if self.settings.checkpoint_interval_s > 0:
+            self._checkpointer = CheckpointScheduler(self.checkpoints, self.settings.checkpoint_interval_s)
+            self._checkpointer.start()
         self.started = True
         log.info("serving %s", ", ".join(e.engine_id for e in self.engine_infos()))
 
@@ -141,6 +150,10 @@ class Service:
         if self.window_ledger is not None:
             self.window_ledger.close()
         self.store.flush(timeout=10)
+        if self._checkpointer is not None:
+            self._checkpointer.stop(final=True)  # sign what this run appended
+            self._checkpointer = None
+        self.checkpoints.close()
         for loaded in self._engines:
             loaded.engine.close()
         self.store.close()

@@ -48,7 +48,8 @@ def raw_public(key: Ed25519PublicKey) -> bytes:
 def public_pem(public_key: bytes) -> str:
     """SubjectPublicKeyInfo PEM of a raw public key (what ``openssl pkey -pubin`` reads)."""
     key = Ed25519PublicKey.from_public_bytes(public_key)
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return key.public_bytes(serialization.Encoding.PEM, spki).decode()
 
 
 def load_public_pem(text: str | bytes) -> bytes:
@@ -112,15 +113,21 @@ def keys_from_document(doc: Any) -> dict[str, bytes]:
 class LedgerKeys:
     """The key directory. Safe across threads and processes (files are created exclusively)."""
 
-    def __init__(self, directory: Path | str) -> None:
+    def __init__(self, directory: Path | str, *, create: bool = True) -> None:
+        """Open the key directory; with ``create``, make it and the first key when missing.
+
+        Without ``create`` (for verifying), a missing directory holds no keys.
+        """
         self.dir = Path(directory)
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)  # mkdir's mode is masked by the umask
-        if not (self.dir / "active").exists():
+        if create and not (self.dir / "active").exists():
             self._create(first=True)
 
     def active_id(self) -> str:
-        text = (self.dir / "active").read_text().strip()
+        path = self.dir / "active"
+        if not path.exists():
+            raise ConfigError(f"{self.dir} holds no active ledger key; start the server once, or run "
+                              "`infermeter ledger rotate-key` to make one")
+        text = path.read_text().strip()
         if not (self.dir / f"ledger-{text}.pub").exists():
             raise ConfigError(f"{self.dir / 'active'} names key {text!r} but {self.dir} has no "
                               f"ledger-{text}.pub; restore it, or run `infermeter ledger rotate-key`")
@@ -141,7 +148,7 @@ class LedgerKeys:
 
     def list(self) -> list[PublicKeyInfo]:
         """Every key, oldest first (by file time, then id)."""
-        active = self.active_id()
+        active = self.active_id() if (self.dir / "active").exists() else None
         files = sorted(self.dir.glob("ledger-*.pub"), key=lambda p: (p.stat().st_mtime_ns, p.name))
         out: list[PublicKeyInfo] = []
         for path in files:
@@ -150,7 +157,8 @@ class LedgerKeys:
             if key_id_of(raw) != key_id:
                 raise ConfigError(f"{path} holds key {key_id_of(raw)}, not {key_id}; restore the "
                                   "file (a key file's name is its id)")
-            out.append(PublicKeyInfo(key_id, raw, key_id == active, (self.dir / f"ledger-{key_id}.pem").exists()))
+            can_sign = (self.dir / f"ledger-{key_id}.pem").exists()
+            out.append(PublicKeyInfo(key_id, raw, key_id == active, can_sign))
         return out
 
     # internals ------------------------------------------------------------------------------
@@ -169,6 +177,8 @@ class LedgerKeys:
         return key
 
     def _create(self, *, first: bool) -> str:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)  # mkdir's mode is masked by the umask
         key = Ed25519PrivateKey.generate()
         raw = raw_public(key.public_key())
         key_id = key_id_of(raw)

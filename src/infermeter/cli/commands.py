@@ -15,7 +15,7 @@ from infermeter.billing.invoices import build_invoice, invoice_to_csv, invoice_t
 from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.billing.store import Tenant
 from infermeter.config import Settings, load_settings
-from infermeter.core.errors import ConfigError, InvalidRequest, LedgerIntegrityError, NotFound
+from infermeter.core.errors import ConfigError, InvalidRequest, NotFound
 from infermeter.core.money import format_decimal
 
 out = Console(highlight=False, width=160)
@@ -218,22 +218,6 @@ def cmd_invoice(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ledger_verify(args: argparse.Namespace) -> int:
-    store = open_store(settings_from(args))
-    try:
-        report = store.verify()
-    finally:
-        store.close()
-    if args.json:
-        _emit_json({"ok": report.ok, "entries": report.entries, "first_bad_seq": report.first_bad_seq,
-                    "first_bad_record_id": report.first_bad_record_id, "message": report.message})
-        return 0 if report.ok else 1
-    if not report.ok:
-        raise LedgerIntegrityError(report.message, seq=report.first_bad_seq)
-    out.print(f"[green]ledger intact[/]: {report.entries:,} entries verified. {report.message}")
-    return 0
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from infermeter.bench import run_benchmarks
 
@@ -297,11 +281,7 @@ def register(sub: Any) -> None:
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.set_defaults(handler=cmd_invoice)
 
-    ledger = sub.add_parser("ledger", help="verify the usage ledger").add_subparsers(
-        dest="ledger_command", required=True, metavar="ACTION")
-    p = ledger.add_parser("verify", help="check every entry's hash chain; exit 1 naming the first bad one")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=cmd_ledger_verify)
+    # `ledger …` and `receipt …` live in cli/ledger.py.
 
     p = sub.add_parser("bench", help="run the benchmarks and print a table")
     p.add_argument("--quick", action="store_true", help="small workloads (seconds)")

@@ -1,0 +1,162 @@
+"""The checkpoint log over a real SQLite ledger: signing, proving, refusing to sign over changes."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infermeter.billing.checkpoint_log import CheckpointLog, CheckpointScheduler
+from infermeter.billing.checkpoints import signature_problem
+from infermeter.billing.ledger import leaf_hash
+from infermeter.billing.merkle import merkle_root, verify_consistency, verify_inclusion
+from infermeter.billing.signing import LedgerKeys
+from infermeter.billing.sqlite_store import SqliteStore
+from infermeter.config import load_settings
+from infermeter.core.errors import ConfigError, LedgerIntegrityError, NotFound
+
+from .ledger_records import make_record
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    with SqliteStore(tmp_path / "im.db") as s:
+        yield s
+
+
+@pytest.fixture
+def log(store: SqliteStore, tmp_path: Path) -> Iterator[CheckpointLog]:
+    cl = CheckpointLog(store.path, LedgerKeys(tmp_path / "keys"), tile=4)
+    yield cl
+    cl.close()
+
+
+def edit(path: Path, sql: str, *args: object) -> None:
+    """Change the database as a person with the sqlite3 shell would (triggers dropped first)."""
+    db = sqlite3.connect(path)
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute(sql, args)
+    db.commit()
+    db.close()
+
+
+def test_a_checkpoint_signs_the_ledgers_merkle_root(store: SqliteStore, log: CheckpointLog) -> None:
+    """The checkpoint's root is MTH of the stored leaf hashes, signed by the active key."""
+    store.append([make_record(i) for i in range(11)])
+    cp, created = log.checkpoint()
+    assert created and cp.number == 1 and cp.tree_size == 11
+    assert cp.root_hash == merkle_root(store.leaf_hashes()).hex()
+    assert signature_problem(cp, log.keys.public_keys()) is None
+    assert cp.origin == log.origin and log.origin.startswith("infermeter/")
+
+
+def test_an_unchanged_ledger_gets_no_new_checkpoint_until_the_key_changes(
+        store: SqliteStore, log: CheckpointLog) -> None:
+    """Asking again without growth returns the same checkpoint; after a rotation, a new one."""
+    store.append([make_record(0)])
+    first, _ = log.checkpoint()
+    again, created = log.checkpoint()
+    assert (again, created) == (first, False)
+    log.keys.rotate()
+    rotated, created = log.checkpoint()
+    assert created and rotated.tree_size == first.tree_size and rotated.key_id != first.key_id
+    assert log.verify().ok
+
+
+def test_proofs_verify_against_stored_checkpoints(store: SqliteStore, log: CheckpointLog) -> None:
+    """Inclusion proofs against an older checkpoint and consistency proofs between two verify."""
+    store.append([make_record(i) for i in range(6)])
+    old, _ = log.checkpoint()
+    store.append([make_record(i) for i in range(6, 23)])
+    new, _ = log.checkpoint()
+    old_root, new_root = bytes.fromhex(old.root_hash), bytes.fromhex(new.root_hash)
+    for seq in range(old.tree_size):
+        assert verify_inclusion(log.leaf(seq), seq, old.tree_size, log.inclusion(seq, old.tree_size), old_root)
+    proof = log.consistency(old.tree_size, new.tree_size)
+    assert verify_consistency(old.tree_size, new.tree_size, old_root, new_root, proof)
+    assert log.at_size(6) == old and log.latest() == new
+    assert [c.number for c in log.page(after=0, limit=10)] == [1, 2]
+    assert log.page(after=1, limit=10) == [new]
+
+
+def test_covering_makes_a_checkpoint_only_when_needed(store: SqliteStore, log: CheckpointLog) -> None:
+    """An entry past the newest checkpoint gets a new one; an older entry reuses it."""
+    store.append([make_record(i) for i in range(3)])
+    cp = log.covering(2)
+    assert cp.tree_size == 3
+    store.append([make_record(3)])
+    assert log.covering(1) == cp
+    assert log.covering(3).tree_size == 4
+
+
+def test_entries_are_found_by_record_or_request_id(store: SqliteStore, log: CheckpointLog) -> None:
+    """entry() finds a stored entry by its record id or its request id, else None."""
+    store.append([make_record(i) for i in range(3)])
+    by_record, by_request = log.entry("rec_t000001"), log.entry("req_t000001")
+    assert by_record == by_request and by_record is not None and by_record.seq == 1
+    assert log.entry("nope") is None
+    with pytest.raises(NotFound, match="fewer than 9"):
+        log.inclusion(0, 9)
+
+
+def test_no_checkpoint_is_signed_over_a_changed_payload(store: SqliteStore, log: CheckpointLog) -> None:
+    """A payload that no longer matches its leaf hash stops the log, naming the entry."""
+    store.append([make_record(i) for i in range(4)])
+    edit(store.path, "UPDATE ledger SET payload = replace(payload, '\"prompt_tokens\":12', "
+         "'\"prompt_tokens\":13') WHERE seq = 2")
+    with pytest.raises(LedgerIntegrityError, match=r"entry 2 \(rec_t000002\)"):
+        log.checkpoint()
+
+
+def test_no_checkpoint_is_signed_over_a_rewritten_history(store: SqliteStore, tmp_path: Path) -> None:
+    """If the signed part of the tree changed since the last checkpoint, the next is refused."""
+    store.append([make_record(i) for i in range(4)])
+    keys = LedgerKeys(tmp_path / "keys")
+    first = CheckpointLog(store.path, keys)
+    first.checkpoint()
+    first.close()
+    (payload,) = sqlite3.connect(store.path).execute("SELECT payload FROM ledger WHERE seq = 1").fetchone()
+    forged = payload.replace('"prompt_tokens":11', '"prompt_tokens":1')
+    edit(store.path, "UPDATE ledger SET payload = ?, leaf_hash = ? WHERE seq = 1",
+         forged, leaf_hash(forged.encode()).hex())  # the row is self-consistent again
+    fresh = CheckpointLog(store.path, keys)
+    with pytest.raises(LedgerIntegrityError, match="no longer matches checkpoint 1"):
+        fresh.checkpoint()
+    fresh.close()
+
+
+def test_the_scheduler_signs_what_was_appended_when_it_stops(store: SqliteStore, log: CheckpointLog) -> None:
+    """Stopping the scheduler signs the ledger's last state; with nothing new it signs nothing."""
+    scheduler = CheckpointScheduler(log, interval_s=3600)
+    scheduler.start()
+    store.append([make_record(i) for i in range(5)])
+    scheduler.stop(final=True)
+    latest = log.latest()
+    assert latest is not None and latest.tree_size == 5
+    idle = CheckpointScheduler(log, interval_s=3600)
+    idle.start()
+    idle.stop(final=True)
+    assert log.page(after=0, limit=10) == [latest]
+
+
+def test_checkpoints_are_append_only(store: SqliteStore, log: CheckpointLog) -> None:
+    """The checkpoints table refuses UPDATE and DELETE, like the ledger."""
+    store.append([make_record(0)])
+    log.checkpoint()
+    db = sqlite3.connect(store.path)
+    with pytest.raises(sqlite3.IntegrityError, match="never changed or removed"):
+        db.execute("UPDATE checkpoints SET tree_size = 0")
+    with pytest.raises(sqlite3.IntegrityError, match="never changed or removed"):
+        db.execute("DELETE FROM checkpoints")
+    db.close()
+
+
+def test_checkpoint_interval_setting() -> None:
+    """checkpoint_interval_s defaults to 60, reads INFERMETER_CHECKPOINT_INTERVAL_S, refuses < 0."""
+    assert load_settings(env={}).checkpoint_interval_s == 60
+    assert load_settings(env={"INFERMETER_CHECKPOINT_INTERVAL_S": "0"}).checkpoint_interval_s == 0
+    with pytest.raises(ConfigError, match="checkpoint_interval_s"):
+        load_settings({"checkpoint_interval_s": -1}, env={})
