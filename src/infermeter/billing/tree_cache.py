@@ -84,7 +84,8 @@ class TreeCache:
         """RFC 9162 PATH(index, D[size]), equal to ``merkle.inclusion_proof(index, leaves[:size])``."""
         self._check(size, "tree size")
         if not 0 <= index < size:
-            raise ValueError(f"leaf index {index} is outside a tree of {size} leaves; pass 0 <= index < {size}")
+            raise ValueError(f"leaf index {index} is outside a tree of {size} leaves; "
+                             f"pass 0 <= index < {size}")
         return self._path(index, 0, size, self._top(size))
 
     def consistency(self, first: int, second: int) -> list[bytes]:
