@@ -15,12 +15,16 @@ and writes the same as JSON (``--out``; default ``$OUT/gpu_check.json`` when OUT
 table, never an abort. ``--device cpu`` is a dry run of the same code on the CPU (torch CPU
 engine, scripted sampler) for machines without a GPU.
 
-Needs, besides PyTorch with CUDA: infermeter's pure-Python dependencies numpy, onnx,
+Needs, besides PyTorch with CUDA, these of infermeter's dependencies: numpy, onnx,
 onnxruntime (the built-in model is written as ONNX, its weights loaded into torch),
-prometheus-client, rich, tokenizers; and nvidia-ml-py for the NVML sampler (without it the
-sampler falls back to the scripted source and the energy figures are marked as scripted).
-fastapi, uvicorn, pydantic and httpx are not needed: no HTTP server is started. Run it from
-a checkout (it puts ``src/`` on sys.path) or with infermeter installed.
+prometheus-client, rich, tokenizers, and cryptography (the usage ledger signs its
+checkpoints; a binary wheel, with cffi and pycparser); plus nvidia-ml-py for the NVML
+sampler (without it the sampler falls back to the scripted source, and the table says so).
+fastapi, uvicorn, pydantic and httpx are not needed: no HTTP server is started. On an
+offline machine, bring missing ones as wheels, e.g. ``pip download --only-binary=:all:
+--python-version 3.12 --platform manylinux2014_x86_64 -d wheels cryptography cffi
+pycparser`` elsewhere, then ``pip install --no-index wheels/*.whl``. Run it from a
+checkout (it puts ``src/`` on sys.path) or with infermeter installed.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if (ROOT / "src" / "infermeter").is_dir():
     sys.path.insert(0, str(ROOT / "src"))
 
-DEPENDENCIES = ("numpy", "onnx", "onnxruntime", "prometheus_client", "rich", "tokenizers", "torch")
+DEPENDENCIES = ("numpy", "onnx", "onnxruntime", "prometheus_client", "rich", "tokenizers",
+                "cryptography", "torch")
 DEADLINE_S = 270.0  # stop starting optional work after this; the whole run stays under 5 min
 
 
