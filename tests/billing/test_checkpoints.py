@@ -35,7 +35,8 @@ def keys(tmp_path: Path) -> LedgerKeys:
 
 def signed(keys: LedgerKeys, size: int, number: int = 1) -> Checkpoint:
     key_id, key = keys.active()
-    return replace(sign_checkpoint(key_id, key, ORIGIN, size, merkle_root(LEAVES[:size]), WHEN), number=number)
+    cp = sign_checkpoint(key_id, key, ORIGIN, size, merkle_root(LEAVES[:size]), WHEN)
+    return replace(cp, number=number)
 
 
 def test_body_is_canonical_json_of_the_signed_fields(keys: LedgerKeys) -> None:

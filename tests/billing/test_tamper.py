@@ -17,7 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infermeter.billing.ledger import chain_rows, prepare
+from infermeter.billing.checkpoint_log import CheckpointLog
+from infermeter.billing.checkpoints import CheckpointReport
+from infermeter.billing.ledger import GENESIS_HASH, chain_hash, chain_rows, leaf_hash, prepare
+from infermeter.billing.merkle import merkle_root
+from infermeter.billing.signing import LedgerKeys
 from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.billing.store import VerifyReport
 from infermeter.core.records import canonical_json
@@ -165,3 +169,109 @@ def test_a_forged_repeat_of_a_request_is_named(template: Path) -> None:
     report = tampered(template, edit)
     assert (report.ok, report.first_bad_seq, report.first_bad_record_id) == (False, N, "rec_t000050")
     assert "repeats request id req_t000003" in report.message
+
+
+# Checkpoints: what the chain alone cannot see ------------------------------------------------
+# Both edits below leave a self-consistent chain and head, so ``store.verify`` passes; only
+# the signed checkpoints (made at sizes 4 and N before the edit) catch them.
+
+
+@pytest.fixture(scope="module")
+def signed_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A verified ledger of N entries with checkpoints at sizes 4 and N, and its key directory."""
+    home = tmp_path_factory.mktemp("signed")
+    path, keys = home / "ledger.db", home / "keys"
+    with SqliteStore(path) as store:
+        log = CheckpointLog(path, LedgerKeys(keys), tile=2)
+        store.append([make_record(i, tenant_id=f"ten_{i % 3}") for i in range(4)])
+        log.checkpoint()
+        store.append([make_record(i, tenant_id=f"ten_{i % 3}") for i in range(4, N)])
+        log.checkpoint()
+        log.close()
+    return path, keys
+
+
+def signed_tampered(signed: tuple[Path, Path],
+                    edit: Callable[[sqlite3.Connection], object]) -> tuple[VerifyReport, CheckpointReport]:
+    """Copy the signed ledger, edit it with the triggers dropped, verify chain and checkpoints."""
+    template, keys = signed
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ledger.db"
+        shutil.copy(template, path)
+        db = sqlite3.connect(path)
+        for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            db.execute(f"DROP TRIGGER {name}")
+        edit(db)
+        db.commit()
+        db.close()
+        with SqliteStore(path) as store:
+            chain = store.verify()
+        log = CheckpointLog(path, LedgerKeys(keys, create=False))
+        try:
+            return chain, log.verify()
+        finally:
+            log.close()
+
+
+def rechain(db: sqlite3.Connection, from_seq: int) -> None:
+    """Recompute every leaf and entry hash from ``from_seq`` on, and the head: a clean forgery."""
+    prev = GENESIS_HASH if from_seq == 0 else bytes.fromhex(
+        db.execute("SELECT entry_hash FROM ledger WHERE seq = ?", (from_seq - 1,)).fetchone()[0])
+    rows = db.execute("SELECT seq, payload FROM ledger WHERE seq >= ? ORDER BY seq", (from_seq,)).fetchall()
+    for seq, payload in rows:
+        leaf = leaf_hash(payload.encode())
+        prev = chain_hash(prev, leaf)
+        db.execute("UPDATE ledger SET leaf_hash = ?, entry_hash = ? WHERE seq = ?",
+                   (leaf.hex(), prev.hex(), seq))
+    size = db.execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
+    db.execute("UPDATE ledger_head SET size = ?, head = ?", (size, prev.hex()))
+
+
+@settings(max_examples=20, deadline=None)
+@given(k=st.integers(min_value=1, max_value=N - 1))
+def test_a_truncated_tail_is_caught_by_the_latest_checkpoint(signed_template: tuple[Path, Path],
+                                                            k: int) -> None:
+    """Entries k.. removed and the head row rewritten: the chain passes, the checkpoint names k."""
+
+    def edit(db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM ledger WHERE seq >= ?", (k,))
+        (last,) = db.execute("SELECT entry_hash FROM ledger WHERE seq = ?", (k - 1,)).fetchone()
+        db.execute("UPDATE ledger_head SET size = ?, head = ?", (k, last))
+
+    chain, checkpoints = signed_tampered(signed_template, edit)
+    assert chain.ok
+    assert (checkpoints.ok, checkpoints.first_bad_seq) == (False, k)
+    assert checkpoints.first_bad_checkpoint == (1 if k < 4 else 2)
+    assert f"entries {k}.." in checkpoints.message and "removed after it was signed" in checkpoints.message
+
+
+@settings(max_examples=20, deadline=None)
+@given(k=st.integers(min_value=0, max_value=N - 1), resign_root=st.booleans())
+def test_a_rewritten_history_is_caught_by_the_signed_root(signed_template: tuple[Path, Path], k: int,
+                                                          resign_root: bool) -> None:
+    """Entry k changed and every later hash recomputed: the chain passes, the checkpoints do not.
+
+    Rewriting the checkpoints' roots to match as well breaks their signatures instead.
+    """
+
+    def edit(db: sqlite3.Connection) -> None:
+        (payload,) = db.execute("SELECT payload FROM ledger WHERE seq = ?", (k,)).fetchone()
+        entry = json.loads(payload)
+        entry["event"]["data"]["cost"] = "0"
+        db.execute("UPDATE ledger SET payload = ?, cost = '0' WHERE seq = ?",
+                   (canonical_json(entry).decode(), k))
+        rechain(db, k)
+        if resign_root:
+            leaves = [leaf_hash(p.encode()) for (p,) in db.execute("SELECT payload FROM ledger ORDER BY seq")]
+            for number, size in db.execute("SELECT number, tree_size FROM checkpoints").fetchall():
+                db.execute("UPDATE checkpoints SET root_hash = ? WHERE number = ?",
+                           (merkle_root(leaves[:size]).hex(), number))
+
+    chain, checkpoints = signed_tampered(signed_template, edit)
+    assert chain.ok
+    assert (checkpoints.ok, checkpoints.first_bad_checkpoint) == (False, 1 if k < 4 else 2)
+    if resign_root:
+        assert "signature does not verify" in checkpoints.message
+    else:
+        low = 0 if k < 4 else 4
+        assert f"an entry in {low}..{3 if k < 4 else N - 1} was changed" in checkpoints.message

@@ -101,7 +101,7 @@ def plan_correction(
                                  "issue a credit", param="amount")
         if left.cost == 0 and left.ru_micros == 0:
             raise InvalidRequest(f"{spent}; nothing remains to reverse", param="record_id")
-        cost, ru = -left.cost, -left.ru_micros
+        cost, ru = -left.cost if left.cost else Decimal(0), -left.ru_micros
     else:
         if amount is None:
             raise InvalidRequest("a credit needs an amount, e.g. \"0.50\"", param="amount")
