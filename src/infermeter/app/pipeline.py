@@ -1,19 +1,25 @@
 """The metering pipeline: steps → attribution → per-request meters → RU → price → ledger.
 
-It is the worker's sink. ``on_step`` runs on the worker thread for every step and must stay
-cheap (integer attribution, dict updates). ``on_finish`` prices a request and hands its
-record to the store's group-commit writer; the request's ``on_finish`` callback runs only
-after the record is durable (invariant 3).
+It is the worker's sink, and it keeps the worker's hot path short: ``on_step`` and
+``on_finish`` only enqueue, in order, for the pipeline's own thread, which attributes each
+step exactly, accumulates per-request meters, prices finished requests and hands their
+records to the store's group-commit writer. On a GPU the worker spends most of a step
+waiting on the device with the GIL released, which is when this thread runs, so metering
+stays off the critical path. A request's ``on_finish`` callback runs only after its record
+is durable (invariant 3). The queue is FIFO, so a request's steps are always counted
+before it is priced.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from infermeter.api.metrics import Metrics
 from infermeter.billing.budgets import Budgets
@@ -32,6 +38,7 @@ from infermeter.runtime.worker import FinishedRequest
 log = logging.getLogger(__name__)
 
 RESERVE_SAFETY = Decimal(2)
+_STEP, _FINISH, _MARK = "step", "finish", "mark"
 
 
 @dataclass
@@ -87,7 +94,8 @@ class MeteringPipeline:
         self.book = MeterBook()
         self._cost_models: dict[str, CostModel] = {}
         self._rates: dict[str, _Rates] = {}
-        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         # Window metering: receives (start_ns, end_ns, shares) of every step, e.g.
         # WindowSampler.record_step. None: no sampler configured.
         self.step_sink: Callable[[int, int, StepShares], None] | None = None
@@ -99,16 +107,69 @@ class MeteringPipeline:
     def cost_model(self, engine_id: str) -> CostModel:
         return self._cost_models.get(engine_id, TOKEN_PROPORTIONAL)
 
-    # the worker sink --------------------------------------------------------------
+    # lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="infermeter-metering", daemon=True)
+            self._thread.start()
+
+    def drain(self) -> None:
+        """Block until everything enqueued so far has been processed (records submitted)."""
+        if self._thread is None:
+            return
+        done = threading.Event()
+        self._queue.put((_MARK, done))
+        done.wait()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                if item[0] == _STEP:
+                    self._account_step(item[1], item[2], item[3])
+                elif item[0] == _FINISH:
+                    self._finish(item[1])
+                else:
+                    item[1].set()
+            except Exception:  # a bug here must not stop metering for everyone else
+                log.exception("metering pipeline failed on %s", item[0])
+
+    # the worker sink (worker thread: enqueue only) ---------------------------------------
     def on_step(self, step: StepRecord, kv_bytes: dict[str, int]) -> None:
         if not self.enabled:
             return
+        # The worker calls on_step right after the step's sync: the device work ended about
+        # now and took device_us, which is the span sampler windows overlap.
+        end_ns = time.monotonic_ns()
+        if self._thread is None:  # not started (tests, warm-up before start): do it inline
+            self._account_step(step, kv_bytes, end_ns)
+        else:
+            self._queue.put((_STEP, step, kv_bytes, end_ns))
+
+    def on_finish(self, finished: FinishedRequest) -> None:
+        req = finished.request
+        if not self.enabled:
+            if req.on_finish is not None:
+                req.on_finish(finished)
+            return
+        if self._thread is None:
+            self._finish(finished)
+        else:
+            self._queue.put((_FINISH, finished))
+
+    # the pipeline's thread ----------------------------------------------------------------
+    def _account_step(self, step: StepRecord, kv_bytes: dict[str, int], end_ns: int) -> None:
         shares = attribute(step, self.cost_model(step.engine_id))
         self.book.add(step, shares, kv_bytes)
         if self.step_sink is not None:
-            # The worker calls on_step right after the step's sync: the device work ended
-            # about now and took device_us, which is the span windows overlap.
-            end_ns = time.monotonic_ns()
             self.step_sink(end_ns - step.device_us * 1000, end_ns, shares)
         self._rates.setdefault(step.engine_id, _Rates()).observe(step)
         engine = step.engine_id
@@ -122,12 +183,8 @@ class MeteringPipeline:
             self.metrics.engine_device_ms.labels(engine, "unattributed").inc(
                 shares.unattributed_us / 1000)
 
-    def on_finish(self, finished: FinishedRequest) -> None:
+    def _finish(self, finished: FinishedRequest) -> None:
         req = finished.request
-        if not self.enabled:
-            if req.on_finish is not None:
-                req.on_finish(finished)
-            return
         record = self.build_record(finished)
 
         def committed(result: AppendResult | BaseException) -> None:

@@ -134,6 +134,7 @@ class Service:
                 steps = self.worker.warmup(info.engine_id, prompt, self.settings.warmup_steps)
                 if self.settings.metering:
                     self.store.append([self.pipeline.warmup_record(info, steps)])
+        self.pipeline.start()
         self.worker.start()
         if self.sampler is not None:
             self.sampler.start()
@@ -145,6 +146,7 @@ class Service:
 
     def stop(self) -> None:
         self.worker.stop()
+        self.pipeline.close()  # every finished request is priced and submitted
         if self.sampler is not None:
             self.sampler.stop(flush=True)
         if self.window_ledger is not None:
