@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import httpx
@@ -42,7 +43,8 @@ def chat(live: LiveServer, tier: str, model: str = "tiny-gpt", **kw: Any) -> dic
     resp = live.client().chat.completions.create(
         model=model, messages=PROMPT, max_tokens=12, temperature=0, service_tier=tier, **kw)
     assert resp.service_tier == tier
-    metering: dict[str, Any] = resp.usage.model_extra["metering"]  # type: ignore[union-attr]
+    assert resp.usage is not None and resp.usage.model_extra is not None
+    metering: dict[str, Any] = resp.usage.model_extra["metering"]
     return metering
 
 
@@ -60,16 +62,17 @@ def test_both_engines_of_both_models_are_served(live: LiveServer) -> None:
 
 
 def test_flex_runs_on_int8_and_costs_less_than_default(live: LiveServer) -> None:
-    """Same request, interleaved: flex on INT8 costs less in total than default on FP32."""
+    """Same request, interleaved: flex on INT8 costs less than default on FP32 (medians, so
+    one neighbour's load spike on a shared machine cannot decide it)."""
     flex, default = [], []
-    for _ in range(3):
+    for _ in range(5):
         flex.append(chat(live, "flex"))
         default.append(chat(live, "default"))
     assert {m["precision"] for m in flex} == {"int8"}
     assert {m["precision"] for m in default} == {"fp32"}
     assert all("-int8-" in m["engine_id"] for m in flex)
     assert all(m["device_ms"] > 0 and Decimal(m["cost"]) > 0 for m in flex + default)
-    assert sum(Decimal(m["cost"]) for m in flex) < sum(Decimal(m["cost"]) for m in default)
+    assert median(Decimal(m["cost"]) for m in flex) < median(Decimal(m["cost"]) for m in default)
 
 
 def test_the_ledger_shows_the_same_device_time_and_price(live: LiveServer) -> None:

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort  # type: ignore[import-untyped]  # ships no type information
 import pytest
@@ -28,9 +29,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineStore]:
 
 
 def build(store: EngineStore, source: Path | str, precision: Precision,
-          backend: str = "onnxruntime", **kw: object) -> EngineRecord:
-    args = BuildArgs(source_spec(str(source)), backend, precision, 4, int(kw.pop("ctx", 128)),
-                     **kw)  # type: ignore[arg-type]
+          backend: str = "onnxruntime", ctx: int = 128, **kw: Any) -> EngineRecord:
+    args = BuildArgs(source_spec(str(source)), backend, precision, 4, ctx, **kw)
     return build_engine(args, store, models_dir=store.home / "models")
 
 
