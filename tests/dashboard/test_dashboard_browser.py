@@ -6,6 +6,7 @@ test's temporary directory.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,8 @@ import httpx
 import pytest
 
 from infermeter.app.service import Service
+from infermeter.billing.receipts import verify_receipt
+from infermeter.billing.signing import keys_from_document
 from infermeter.core.ids import record_id, request_id
 from infermeter.core.records import UsageRecord
 from infermeter.core.types import Precision, ServiceTier, Status
@@ -120,9 +123,9 @@ def _open(browser: Any, live: LiveServer, key: str, width: int = 1280,
 
 
 def _unexpected(errors: list[str]) -> list[str]:
-    """Console errors other than the two designed probes: the tenant view's 403 from
-    /v1/admin/overview and the receipt's 404 before receipts exist. CSP violations count."""
-    expected = ("403 (Forbidden) http://127.0.0.1:", "/v1/admin/overview"), ("404", "/v1/receipts/")
+    """Console errors other than the one designed probe: the tenant view's 403 from
+    /v1/admin/overview. CSP violations count."""
+    expected = (("403 (Forbidden) http://127.0.0.1:", "/v1/admin/overview"),)
     return [e for e in errors if not any(a in e and b in e for a, b in expected)]
 
 
@@ -184,9 +187,16 @@ def test_tenant_view_charts_show_only_the_tenants_own_data(browser: Any, live: L
 
     page.click("#recent tr[data-record] button")
     page.wait_for_selector("#receipt[open]")
-    assert "usage record" in page.inner_text("#receipt-note")  # no receipts endpoint yet
-    assert page.inner_text("#receipt-body").count("rec_") >= 1
+    assert "Signed receipt" in page.inner_text("#receipt-note")
+    body = page.inner_text("#receipt-body")
+    assert body.count("rec_") >= 1 and "root_hash" in body and "inclusion_proof" in body
     page.screenshot(path=str(shots / "tenant-receipt.png"))
+    with page.expect_download() as saved:
+        page.click("#receipt-download")
+    receipt = json.loads(Path(saved.value.path()).read_text())
+    keys = keys_from_document(httpx.get(live.url + "/v1/ledger/key", timeout=30).json())
+    assert verify_receipt(receipt, keys).ok  # the downloaded file verifies offline
+    assert receipt["entry"]["event"]["data"]["tenant_id"] == live.tenant_ids["alpha"]
     assert _unexpected(errors) == []
     page.close()
 

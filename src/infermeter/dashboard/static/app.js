@@ -290,24 +290,61 @@
     $("#invoice-json").onclick = () => download(`/v1/invoices/${period}`, `invoice-${period}.json`);
   }
 
+  function kvRows(obj) {
+    const rows = [];
+    for (const [k, v] of Object.entries(obj)) {
+      rows.push(el("dt", { textContent: k }), el("dd", { textContent: typeof v === "object" && v !== null ? JSON.stringify(v) : String(v) }));
+    }
+    return rows;
+  }
+
+  function receiptActions(recordId) {
+    // Created here rather than in index.html: the buttons exist only for signed receipts.
+    let box = $("#receipt-actions");
+    if (!box) {
+      box = el("p", { id: "receipt-actions", class: "small" });
+      $("#receipt-note").after(box);
+    }
+    box.replaceChildren(
+      el("button", { type: "button", class: "btn", id: "receipt-download", textContent: "Download receipt (JSON)",
+        onclick: () => download(`/v1/receipts/${encodeURIComponent(recordId)}`, `receipt-${recordId}.json`) }),
+      " ",
+      el("button", { type: "button", class: "btn btn-quiet", id: "receipt-key", textContent: "Public key (JSON)",
+        onclick: () => download("/v1/ledger/key", "ledger-key.json") }));
+    box.hidden = false;
+  }
+
   async function openReceipt(recordId) {
     const dialog = $("#receipt");
     let data;
-    let note = "";
+    let receipt = null;
     try {
-      data = await api(`/v1/receipts/${encodeURIComponent(recordId)}`);
+      receipt = await api(`/v1/receipts/${encodeURIComponent(recordId)}`);
     } catch (err) {
       if (!(err instanceof ApiError) || err.status !== 404) { showError(err); return; }
       data = await api(`/v1/usage/records/${encodeURIComponent(recordId)}`).catch((e) => { showError(e); });
       if (!data) return;
-      note = "No signed receipt is available for this request yet; this is its usage record from the ledger.";
     }
-    $("#receipt-note").textContent = note;
-    const rows = [];
-    for (const [k, v] of Object.entries(data)) {
-      rows.push(el("dt", { textContent: k }), el("dd", { textContent: typeof v === "object" && v !== null ? JSON.stringify(v) : String(v) }));
+    if (receipt) {
+      const cp = receipt.checkpoint;
+      $("#receipt-note").textContent = `Signed receipt: entry ${int(receipt.leaf_index)} of the ${int(cp.tree_size)}-entry ledger ` +
+        `${cp.origin}, in checkpoint ${cp.number} signed ${cp.timestamp} by key ${cp.key_id}. Save it with the public key and check it ` +
+        "offline: infermeter receipt verify receipt.json --key ledger-key.json";
+      receiptActions(recordId);
+      const proof = {
+        leaf_index: receipt.leaf_index, leaf_hash: receipt.leaf_hash,
+        inclusion_proof: `${receipt.inclusion_proof.length} hashes: ${receipt.inclusion_proof.join(" ")}`,
+        checkpoint: cp.number, tree_size: cp.tree_size, root_hash: cp.root_hash, signed_at: cp.timestamp,
+        key_id: cp.key_id, signature: cp.signature,
+      };
+      $("#receipt-body").replaceChildren(...kvRows(receipt.entry.event.data),
+        el("dt", { class: "kv-head", textContent: "Proof" }), el("dd", { textContent: "" }), ...kvRows(proof));
+    } else {
+      $("#receipt-note").textContent = "No signed receipt is available for this request yet; this is its usage record from the ledger.";
+      const box = $("#receipt-actions");
+      if (box) box.hidden = true;
+      $("#receipt-body").replaceChildren(...kvRows(data));
     }
-    $("#receipt-body").replaceChildren(...rows);
     dialog.showModal();
   }
 
