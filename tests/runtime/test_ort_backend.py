@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infermeter.core.errors import ContextTooLong, EngineError, InvalidRequest
@@ -112,15 +112,16 @@ def test_batched_sequences_joining_at_different_steps(engine: OrtEngine, model_d
             assert engine.past_length(s) == fed[s]
 
 
-@settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@pytest.fixture(scope="module")
+def reference(model_dir: Path) -> Reference:
+    return Reference(OrtEngine.load(model_dir, timer=CountingTimer()))
+
+
+@settings(max_examples=15, deadline=None)
 @given(st.data())
-def test_any_schedule_matches_solo_runs(
-    engine: OrtEngine, model_dir: Path, data: st.DataObject
-) -> None:
+def test_any_schedule_matches_solo_runs(model_dir: Path, reference: Reference, data: st.DataObject) -> None:
     """For random join times, chunk sizes and batch mixes, every step's logits equal solo runs."""
-    ref = Reference(OrtEngine.load(model_dir, timer=CountingTimer()))
+    engine = OrtEngine.load(model_dir, timer=CountingTimer())  # fresh: no cache from other examples
     n_seqs = data.draw(st.integers(1, 4))
     full = [_tokens(data.draw(st.integers(0, 10**6)), 30) for _ in range(n_seqs)]
     fed = [0] * n_seqs
@@ -136,9 +137,7 @@ def test_any_schedule_matches_solo_runs(
         out = engine.step(inputs)
         for i, n in chosen:
             fed[i] += n
-            np.testing.assert_allclose(out.logits[f"s{i}"], ref(full[i][: fed[i]]), atol=TOL)
-    for i in range(n_seqs):
-        engine.release(f"s{i}")
+            np.testing.assert_allclose(out.logits[f"s{i}"], reference(full[i][: fed[i]]), atol=TOL)
 
 
 def test_tolerance_is_meaningful(engine: OrtEngine) -> None:
