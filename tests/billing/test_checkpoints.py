@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -67,7 +68,7 @@ def test_any_changed_field_breaks_the_signature(tmp_path_factory: pytest.TempPat
     cp = signed(keys, 9)
     value = getattr(cp, field)
     if field == "tree_size":
-        new: object = data.draw(st.integers(min_value=0, max_value=100).filter(lambda v: v != value))
+        new: Any = data.draw(st.integers(min_value=0, max_value=100).filter(lambda v: v != value))
     elif field == "signature":
         raw = bytearray(base64.b64decode(value))
         raw[data.draw(st.integers(0, 63))] ^= 1 << data.draw(st.integers(0, 7))

@@ -23,6 +23,7 @@ from infermeter.billing.corrections import (
 from infermeter.billing.invoices import build_invoice
 from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.core.errors import InvalidRequest, NotFound
+from infermeter.core.records import UsageRecord
 
 from .ledger_records import T0, make_record
 
@@ -154,7 +155,7 @@ def test_concurrent_credits_never_over_credit(store: SqliteStore) -> None:
 def test_the_remainder_never_goes_below_zero(steps: list[Decimal | None]) -> None:
     """Any series of credits (amounts) and reversals (None): accepted ones never exceed the cost."""
     original = make_record(0, cost=COST, ru_micros=5_000_000)
-    prior = []
+    prior: list[UsageRecord] = []
     for step in steps:
         kind = "reversal" if step is None else "credit"
         try:

@@ -23,7 +23,7 @@ def test_a_saved_receipt_verifies_offline(fake_server: LiveServer, tmp_path: Pat
     """curl the receipt and the key to files; `receipt verify` passes offline, fails when edited."""
     client = fake_server.client()
     resp = client.completions.create(model="tiny-gpt", prompt="hello", max_tokens=3)
-    record_id = resp.usage.model_extra["metering"]["record_id"]  # type: ignore[union-attr]
+    record_id = resp.usage.model_extra["metering"]["record_id"]
     auth = {"authorization": f"Bearer {fake_server.keys['alpha']}"}
     receipt = tmp_path / "receipt.json"
     receipt.write_bytes(httpx.get(f"{fake_server.url}/v1/receipts/{record_id}", headers=auth).content)
