@@ -26,7 +26,6 @@ from infermeter.runtime.engine import EngineInfo
 
 GPU_ORDER = (Precision.FP16, Precision.BF16, Precision.FP32, Precision.INT8)
 CPU_ORDER = (Precision.FP32, Precision.FP16, Precision.BF16, Precision.INT8)
-PERFORMANCE_ORDER = GPU_ORDER  # kept for callers that rank precisions without a device
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,5 +123,4 @@ def refusal_for(engine: EngineInfo, prompt_tokens: int, max_tokens: int) -> Inva
     return None
 
 
-__all__ = ["CPU_ORDER", "GPU_ORDER", "PERFORMANCE_ORDER", "Route", "Router", "preference",
-           "refusal_for", "tier_pool"]
+__all__ = ["CPU_ORDER", "GPU_ORDER", "Route", "Router", "preference", "refusal_for", "tier_pool"]
