@@ -21,6 +21,7 @@ from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.billing.store import Store
 from infermeter.config import Settings
 from infermeter.core.timing import NullTimer
+from infermeter.metering.attribution import CostModel
 from infermeter.metering.calibrate import load_latest
 from infermeter.metering.ru import SEED_TABLE, RuTable
 from infermeter.metering.sampler import WindowSampler
@@ -72,6 +73,11 @@ class Service:
         self.ru_table = ru_table
         self.pipeline = MeteringPipeline(self.store, self.budgets, plan, ru_table, self.metrics,
                                          enabled=settings.metering)
+        # Cost models: the one an engine's build recorded, then the newest calibration's.
+        for loaded in engines:
+            recorded = loaded.engine.info.extra.get("cost_model")
+            if recorded:
+                self.pipeline.set_cost_model(loaded.engine.info.engine_id, CostModel.from_json(recorded))
         if calibration is not None:
             for engine_id, model in calibration.cost_models.items():
                 self.pipeline.set_cost_model(engine_id, model)
