@@ -78,6 +78,12 @@ def test_ledger_verify_names_a_hand_edited_row_and_a_cut_tail(tmp_path: Path) ->
     cut = json.loads(cli(tmp_path, "ledger", "verify", "--json", check=False).stdout)
     assert (cut["ok"], cut["first_bad_seq"]) == (False, size - 2)
     assert cut["checkpoints"]["first_bad_checkpoint"] is not None and "removed" in cut["message"]
+    db = sqlite3.connect(tmp_path / "infermeter.db")
+    db.execute("DROP TABLE checkpoints")  # hiding the evidence is itself reported
+    db.commit()
+    db.close()
+    dropped = json.loads(cli(tmp_path, "ledger", "verify", "--json", check=False).stdout)
+    assert not dropped["ok"] and "cannot be read" in dropped["message"]
 
 
 def test_a_credit_changes_the_invoice_and_the_original_stays(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,15 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
         chain = store.verify()
     finally:
         store.close()
-    log = CheckpointLog(settings.db_path, _keys(settings, create=False))
     try:
-        cps = log.verify()
-    finally:
-        log.close()
+        log = CheckpointLog(settings.db_path, _keys(settings, create=False))
+        try:
+            cps = log.verify()
+        finally:
+            log.close()
+    except sqlite3.Error as exc:  # e.g. the checkpoints table was dropped by hand
+        cps = CheckpointReport(False, 0, None, None, f"the signed checkpoints cannot be read ({exc}): "
+                               "their tables were dropped or damaged")
     if args.json:
         report = _report_json(chain, cps)
         _emit_json(report)
