@@ -8,13 +8,14 @@ input's last position together with the step's device time from its timer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from infermeter.core.errors import ContextTooLong, InvalidRequest
 from infermeter.core.timing import StepTimer
 from infermeter.core.types import Precision
 
@@ -113,3 +114,36 @@ class Tokenizer(Protocol):
     def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> str:
         """Render chat messages to the prompt text the model was trained on."""
         ...
+
+
+def validate_step(inputs: Sequence[SeqInput], info: EngineInfo, past_length: Callable[[str], int]) -> None:
+    """The checks every engine makes before running a step, with one set of messages.
+
+    Raises ValueError for an empty input or a seq_id given twice, ContextTooLong when a
+    sequence would exceed ``info.max_seq_len``, InvalidRequest for a token id outside the
+    vocabulary. Nothing has run when it raises.
+    """
+    seen: set[str] = set()
+    limit, vocab = info.max_seq_len, info.vocab_size
+    for x in inputs:
+        if x.seq_id in seen:
+            raise ValueError(f"seq_id {x.seq_id!r} appears twice in one step; give it once")
+        seen.add(x.seq_id)
+        if not x.tokens:
+            raise ValueError(f"seq_id {x.seq_id!r} has no new tokens; a step feeds at least one")
+        past = past_length(x.seq_id)
+        total = past + len(x.tokens)
+        if total > limit:
+            raise ContextTooLong(
+                f"sequence {x.seq_id} would hold {total:,} tokens ({past:,} cached + "
+                f"{len(x.tokens):,} new); engine {info.engine_id} accepts at most "
+                f"{limit:,}; shorten the prompt or lower max_tokens"
+            )
+        low, high = min(x.tokens), max(x.tokens)
+        if low < 0 or high >= vocab:
+            raise InvalidRequest(
+                f"token id {low if low < 0 else high} of sequence {x.seq_id} is outside the "
+                f"vocabulary 0..{vocab - 1} of engine {info.engine_id}; send ids the model's "
+                "tokenizer produces",
+                param="prompt",
+            )

@@ -26,10 +26,10 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped]  # ships no type information
 
-from infermeter.core.errors import ConfigError, ContextTooLong, EngineError, InvalidRequest
+from infermeter.core.errors import ConfigError, EngineError
 from infermeter.core.timing import StepTimer
 from infermeter.core.types import Precision
-from infermeter.runtime.engine import EngineInfo, SeqInput, ShapeProfile, StepOutput
+from infermeter.runtime.engine import EngineInfo, SeqInput, ShapeProfile, StepOutput, validate_step
 
 _KV_DTYPES: dict[str, type[np.floating[Any]]] = {
     "tensor(float)": np.float32,
@@ -190,33 +190,7 @@ class OrtEngine:
         return self._session
 
     def _validate(self, inputs: Sequence[SeqInput]) -> None:
-        seen: set[str] = set()
-        limit, vocab = self.info.max_seq_len, self.info.vocab_size
-        for x in inputs:
-            if x.seq_id in seen:
-                raise ValueError(f"seq_id {x.seq_id!r} appears twice in one step; give it once")
-            seen.add(x.seq_id)
-            if not x.tokens:
-                raise ValueError(
-                    f"seq_id {x.seq_id!r} has no new tokens; a step feeds at least one"
-                )
-            past = self.past_length(x.seq_id)
-            total = past + len(x.tokens)
-            if total > limit:
-                raise ContextTooLong(
-                    f"sequence {x.seq_id} would hold {total:,} tokens ({past:,} cached + "
-                    f"{len(x.tokens):,} new); engine {self.info.engine_id} accepts at most "
-                    f"{limit:,}; shorten the prompt or lower max_tokens"
-                )
-            low, high = min(x.tokens), max(x.tokens)
-            if low < 0 or high >= vocab:
-                bad = low if low < 0 else high
-                raise InvalidRequest(
-                    f"token id {bad} of sequence {x.seq_id} is outside the vocabulary "
-                    f"0..{vocab - 1} of engine {self.info.engine_id}; send ids the model's "
-                    "tokenizer produces",
-                    param="prompt",
-                )
+        validate_step(inputs, self.info, self.past_length)
 
     def _assemble(self, group: Sequence[SeqInput], slot: int) -> dict[str, npt.NDArray[Any]]:
         """Left-padded feeds for one group: pads are masked out, positions are true positions.

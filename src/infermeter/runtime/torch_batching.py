@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from infermeter.core.errors import ConfigError, ContextTooLong, EngineError, InvalidRequest
+from infermeter.core.errors import ConfigError, EngineError
 from infermeter.core.timing import StepTimer
-from infermeter.runtime.engine import EngineInfo, SeqInput, StepOutput
+from infermeter.runtime.engine import EngineInfo, SeqInput, StepOutput, validate_step
 
 TimerFactory = Callable[[Any], StepTimer]  # receives the engine's CUDA stream, or None on CPU
 
@@ -121,29 +121,7 @@ class PaddedKVEngine:
 
     # -- internals ------------------------------------------------------------------
     def _validate(self, inputs: Sequence[SeqInput]) -> None:
-        seen: set[str] = set()
-        limit, vocab = self.info.max_seq_len, self.info.vocab_size
-        for x in inputs:
-            if x.seq_id in seen:
-                raise ValueError(f"seq_id {x.seq_id!r} appears twice in one step; give it once")
-            seen.add(x.seq_id)
-            if not x.tokens:
-                raise ValueError(f"seq_id {x.seq_id!r} has no new tokens; a step feeds at least one")
-            past = self.past_length(x.seq_id)
-            if past + len(x.tokens) > limit:
-                raise ContextTooLong(
-                    f"sequence {x.seq_id} would hold {past + len(x.tokens):,} tokens ({past:,} "
-                    f"cached + {len(x.tokens):,} new); engine {self.info.engine_id} accepts at "
-                    f"most {limit:,}; shorten the prompt or lower max_tokens"
-                )
-            low, high = min(x.tokens), max(x.tokens)
-            if low < 0 or high >= vocab:
-                raise InvalidRequest(
-                    f"token id {low if low < 0 else high} of sequence {x.seq_id} is outside the "
-                    f"vocabulary 0..{vocab - 1} of engine {self.info.engine_id}; send ids the "
-                    "model's tokenizer produces",
-                    param="prompt",
-                )
+        validate_step(inputs, self.info, self.past_length)
 
     def _assemble(self, group: Sequence[SeqInput]) -> tuple[Any, Any, Any, Any]:
         """Left-padded device tensors for one group; pads are masked, positions are true."""
