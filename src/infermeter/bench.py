@@ -132,8 +132,9 @@ def bench_gateway(home: Path, n: int) -> dict[str, Any]:
         time.sleep(0.02)
     engine = service._engines[0].engine
     tok = service._engines[0].tokenizer
-    body = {"model": "tiny-gpt", "prompt": "Hello there", "max_tokens": 1, "temperature": 0}
-    ids = tok.encode(body["prompt"])
+    prompt = "Hello there"
+    body = {"model": "tiny-gpt", "prompt": prompt, "max_tokens": 1, "temperature": 0}
+    ids = tok.encode(prompt)
     direct: list[float] = []
     gateway: list[float] = []
     headers = {"authorization": f"Bearer {secret}"}

@@ -90,12 +90,18 @@ def _admit(request: Request, key: ApiKey, body: _Sampling, prompt: str) -> _Admi
         request_id=rid, tenant_id=tenant, model=engine.model, engine_id=engine.engine_id,
         tier=tier, prompt_ids=prompt_ids, max_tokens=max_tokens,
         sampling=SamplingParams(body.temperature, body.top_p, body.seed), stop=body.stops(),
-        on_token=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),
+        on_token=lambda ev: _send(loop, events, ev),
         on_finish=lambda outcome: _finished(svc, loop, events, outcome),
     )
     svc.worker.submit(gen)
     svc.metrics.in_flight.inc()
     return _Admitted(gen, events, engine, int(time.time()))
+
+
+def _send(loop: asyncio.AbstractEventLoop, events: asyncio.Queue[TokenEvent | _Done],
+          event: TokenEvent) -> None:
+    """Runs on the worker thread: hand a token to the request's event loop."""
+    loop.call_soon_threadsafe(events.put_nowait, event)
 
 
 def _finished(svc: Any, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[TokenEvent | _Done],
@@ -125,7 +131,7 @@ def _outcome_record(outcome: object) -> UsageRecord:
 
 
 async def _collect(adm: _Admitted) -> tuple[str, UsageRecord, str]:
-    text = []
+    text: list[str] = []
     while True:
         ev = await adm.events.get()
         if isinstance(ev, _Done):

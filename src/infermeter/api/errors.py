@@ -23,6 +23,8 @@ STATUS: list[tuple[type[e.InfermeterError], int, str]] = [
     (e.NotFound, 404, "not_found_error"),
     (e.BudgetExceeded, 402, "insufficient_quota"),
     (e.Unavailable, 503, "server_error"),
+    # the books failed their own check: an operator's problem, never the client's
+    (e.LedgerIntegrityError, 500, "server_error"),
 ]
 
 

@@ -13,7 +13,7 @@ import time
 class CpuStepTimer:
     """begin/end around the step's launch; ``elapsed_us`` in integer microseconds."""
 
-    __slots__ = ("_start", "_elapsed_ns")
+    __slots__ = ("_elapsed_ns", "_start")
 
     def __init__(self) -> None:
         self._start = 0
