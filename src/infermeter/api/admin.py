@@ -42,9 +42,9 @@ USES = ("billed", "warmup", "unattributed")
 JSONL = "application/x-ndjson"
 
 
-def admin_key(request: Request) -> ApiKey:
+async def admin_key(request: Request) -> ApiKey:
     """Dependency: an authenticated admin key (401 without a key, 403 for a tenant key)."""
-    key = api_key(request)
+    key = await api_key(request)
     require_admin(key)
     return key
 
