@@ -70,6 +70,15 @@ class _Rates:
         return int(prefill * prompt_tokens), int(decode * max_tokens)
 
 
+@dataclass(frozen=True, slots=True)
+class _StepMetrics:
+    seconds: Any
+    batch: Any
+    billed_ms: Any
+    warmup_ms: Any
+    unattributed_ms: Any
+
+
 def _ewma(old: float | None, new: float) -> float:
     return new if old is None else 0.8 * old + 0.2 * new
 
@@ -94,6 +103,7 @@ class MeteringPipeline:
         self.book = MeterBook()
         self._cost_models: dict[str, CostModel] = {}
         self._rates: dict[str, _Rates] = {}
+        self._step_metrics: dict[str, _StepMetrics] = {}
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # Window metering: receives (start_ns, end_ns, shares) of every step, e.g.
@@ -172,16 +182,23 @@ class MeteringPipeline:
         if self.step_sink is not None:
             self.step_sink(end_ns - step.device_us * 1000, end_ns, shares)
         self._rates.setdefault(step.engine_id, _Rates()).observe(step)
-        engine = step.engine_id
-        self.metrics.step_seconds.labels(engine).observe(step.device_us / 1e6)
-        self.metrics.step_batch.labels(engine).observe(len(step.participants))
+        m = self._step_metrics.get(step.engine_id) or self._bind_step_metrics(step.engine_id)
+        m.seconds.observe(step.device_us / 1e6)
+        m.batch.observe(len(step.participants))
         if step.warmup:
-            self.metrics.engine_device_ms.labels(engine, "warmup").inc(step.device_us / 1000)
+            m.warmup_ms.inc(step.device_us / 1000)
         else:
-            billed = step.device_us - shares.unattributed_us
-            self.metrics.engine_device_ms.labels(engine, "billed").inc(billed / 1000)
-            self.metrics.engine_device_ms.labels(engine, "unattributed").inc(
-                shares.unattributed_us / 1000)
+            m.billed_ms.inc((step.device_us - shares.unattributed_us) / 1000)
+            m.unattributed_ms.inc(shares.unattributed_us / 1000)
+
+    def _bind_step_metrics(self, engine: str) -> _StepMetrics:
+        """Label lookups cost microseconds each; a step's instruments are bound once per engine."""
+        ms = self.metrics.engine_device_ms
+        bound = _StepMetrics(self.metrics.step_seconds.labels(engine),
+                             self.metrics.step_batch.labels(engine), ms.labels(engine, "billed"),
+                             ms.labels(engine, "warmup"), ms.labels(engine, "unattributed"))
+        self._step_metrics[engine] = bound
+        return bound
 
     def _finish(self, finished: FinishedRequest) -> None:
         req = finished.request
