@@ -29,7 +29,7 @@ def models(request: Request, key: ApiKey = Depends(api_key)) -> dict[str, Any]:
 
 
 @router.get("/healthz")
-def healthz(request: Request) -> dict[str, Any]:
+async def healthz(request: Request) -> dict[str, Any]:
     svc = request.app.state.service
     return {"status": "ok" if svc.started else "starting",
             "engines": [e.engine_id for e in svc.engine_infos()],
