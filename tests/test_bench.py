@@ -11,8 +11,8 @@ from pathlib import Path
 def test_bench_quick_reports_all_figures(tmp_path: Path) -> None:
     """The benchmark command measures metering overhead, ledger appends and gateway latency."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "infermeter.cli.main", "bench", "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    cmd = [sys.executable, "-m", "infermeter.cli.main", "bench", "--quick", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(out.read_text())
     assert results["metering"]["tokens_per_s_on"] > 0 and results["metering"]["tokens_per_s_off"] > 0
