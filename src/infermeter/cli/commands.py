@@ -76,8 +76,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         out.print(f"  tenant key (demo): [bold green]{secret}[/]")
         out.print(f"  admin key:         [bold yellow]{admin}[/]")
     app = create_app(service)
-    out.print(f"OpenAI-compatible API on [bold]http://{settings.host}:{settings.port}/v1[/] "
-              f"(model {settings.model}); metrics at /metrics")
+    url = f"http://{settings.host}:{settings.port}"
+    out.print(f"OpenAI-compatible API on [bold]{url}/v1[/] (model {settings.model}); "
+              f"dashboard at {url}/dashboard; metrics at {url}/metrics")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
 
