@@ -8,7 +8,7 @@ input's last position together with the step's device time from its timer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -147,3 +147,29 @@ def validate_step(inputs: Sequence[SeqInput], info: EngineInfo, past_length: Cal
                 "tokenizer produces",
                 param="prompt",
             )
+
+
+class HasLength(Protocol):
+    @property
+    def length(self) -> int: ...
+
+
+class SequenceCaches:
+    """The bookkeeping every KV-caching engine shares: per-sequence caches keyed by seq_id.
+
+    Subclasses keep ``self._caches: dict[str, <cache with a .length>]`` and ``self.info``.
+    """
+
+    info: EngineInfo
+    _caches: Mapping[str, HasLength]
+
+    def past_length(self, seq_id: str) -> int:
+        cache = self._caches.get(seq_id)
+        return 0 if cache is None else cache.length
+
+    def kv_bytes(self, seq_id: str) -> int:
+        """Bytes of KV cache the sequence's cached tokens hold (0 if unknown)."""
+        return self.past_length(seq_id) * self.info.kv_bytes_per_token
+
+    def release(self, seq_id: str) -> None:
+        self._caches.pop(seq_id, None)  # type: ignore[attr-defined]

@@ -29,7 +29,14 @@ import onnxruntime as ort  # type: ignore[import-untyped]  # ships no type infor
 from infermeter.core.errors import ConfigError, EngineError
 from infermeter.core.timing import StepTimer
 from infermeter.core.types import Precision
-from infermeter.runtime.engine import EngineInfo, SeqInput, ShapeProfile, StepOutput, validate_step
+from infermeter.runtime.engine import (
+    EngineInfo,
+    SeqInput,
+    SequenceCaches,
+    ShapeProfile,
+    StepOutput,
+    validate_step,
+)
 
 _KV_DTYPES: dict[str, type[np.floating[Any]]] = {
     "tensor(float)": np.float32,
@@ -45,7 +52,7 @@ class _Cache:
     length: int
 
 
-class OrtEngine:
+class OrtEngine(SequenceCaches):
     """The Engine protocol over one ``onnxruntime.InferenceSession`` on the CPU."""
 
     def __init__(self, session: ort.InferenceSession, info: EngineInfo, timer: StepTimer) -> None:
@@ -166,17 +173,6 @@ class OrtEngine:
             logits |= self._scatter(group, result)
         self.timer.end()
         return StepOutput(logits, self.timer.elapsed_us())
-
-    def past_length(self, seq_id: str) -> int:
-        cache = self._caches.get(seq_id)
-        return 0 if cache is None else cache.length
-
-    def kv_bytes(self, seq_id: str) -> int:
-        """Bytes of KV cache the sequence's cached tokens hold (0 if unknown)."""
-        return self.past_length(seq_id) * self.info.kv_bytes_per_token
-
-    def release(self, seq_id: str) -> None:
-        self._caches.pop(seq_id, None)
 
     def close(self) -> None:
         self._caches.clear()

@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from infermeter.core.errors import ConfigError, EngineError
 from infermeter.core.timing import StepTimer
-from infermeter.runtime.engine import EngineInfo, SeqInput, StepOutput, validate_step
+from infermeter.runtime.engine import EngineInfo, SeqInput, SequenceCaches, StepOutput, validate_step
 
 TimerFactory = Callable[[Any], StepTimer]  # receives the engine's CUDA stream, or None on CPU
 
@@ -51,7 +51,7 @@ class _Cache:
     length: int
 
 
-class PaddedKVEngine:
+class PaddedKVEngine(SequenceCaches):
     """The Engine protocol over device-resident caches; subclasses run the model."""
 
     def __init__(self, info: EngineInfo, timer: StepTimer, *, device: Any, kv_dtype: Any,
@@ -103,17 +103,6 @@ class PaddedKVEngine:
             for row, x in enumerate(group):
                 out[x.seq_id] = np.ascontiguousarray(logits[row], dtype=np.float32)
         return StepOutput(out, device_us)
-
-    def past_length(self, seq_id: str) -> int:
-        cache = self._caches.get(seq_id)
-        return 0 if cache is None else cache.length
-
-    def kv_bytes(self, seq_id: str) -> int:
-        """Bytes of KV cache the sequence's cached tokens hold (0 if unknown)."""
-        return self.past_length(seq_id) * self.info.kv_bytes_per_token
-
-    def release(self, seq_id: str) -> None:
-        self._caches.pop(seq_id, None)
 
     def close(self) -> None:
         self._caches.clear()
