@@ -16,6 +16,7 @@ one conditional UPDATE per budget row, so several processes can share a limit.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,9 +51,17 @@ class Budgets:
         self,
         spent_of: Callable[[str], Decimal],
         limit_of: Callable[[str], Decimal | None],
+        *,
+        limit_ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._spent_of = spent_of
         self._limit_of = limit_of
+        # A limit changed elsewhere (`infermeter tenants budget` while serving) takes effect
+        # within this many seconds: one indexed read per tenant per period, not per request.
+        self._limit_ttl_s = limit_ttl_s
+        self._clock = clock
+        self._limit_read: dict[str, float] = {}
         self._lock = threading.Lock()
         self._accounts: dict[str, _Account] = {}
         self._reservations: dict[str, tuple[str, Decimal]] = {}  # request -> (tenant, amount)
@@ -63,6 +72,12 @@ class Budgets:
         with self._lock:
             account = self._accounts.get(tenant_id)
         if account is not None:
+            now = self._clock()
+            if now - self._limit_read.get(tenant_id, now) >= self._limit_ttl_s:
+                limit = self._limit_of(tenant_id)
+                with self._lock:
+                    account.limit = None if limit is None else _amount(limit, "limit")
+                    self._limit_read[tenant_id] = now
             return account
         # Load outside the lock so a slow store never blocks other tenants; the first loader
         # to finish wins, and nothing can settle for a tenant before its account exists.
@@ -73,6 +88,7 @@ class Budgets:
             Decimal(0),
         )
         with self._lock:
+            self._limit_read.setdefault(tenant_id, self._clock())
             return self._accounts.setdefault(tenant_id, loaded)
 
     def reserve(self, tenant_id: str, request_id: str, amount: Decimal) -> None:
