@@ -95,7 +95,7 @@ def _admit(request: Request, key: ApiKey, body: _Sampling, prompt: str) -> _Admi
         tier=tier, prompt_ids=prompt_ids, max_tokens=max_tokens,
         sampling=SamplingParams(body.temperature, body.top_p, body.seed), stop=body.stops(),
         on_token=lambda ev: _send(loop, events, ev),
-        on_finish=lambda outcome: _finished(svc, loop, events, outcome),
+        on_finish=lambda outcome: _finished(svc, loop, events, rid, outcome),
     )
     svc.worker.submit(gen)
     svc.metrics.in_flight.inc()
@@ -109,9 +109,15 @@ def _send(loop: asyncio.AbstractEventLoop, events: asyncio.Queue[TokenEvent | _D
 
 
 def _finished(svc: Any, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[TokenEvent | _Done],
-              outcome: object) -> None:
-    """Runs on the ledger writer thread once the record is durable (or failed)."""
+              request_id: str, outcome: object) -> None:
+    """Runs on the ledger writer thread once the record is durable (or on the failing thread).
+
+    A request that ends in an exception was never priced: its reservation is released
+    (a no-op if the pipeline already settled or released it).
+    """
     svc.metrics.in_flight.dec()
+    if isinstance(outcome, BaseException):
+        svc.budgets.release(request_id)
     loop.call_soon_threadsafe(events.put_nowait, _Done(outcome))
 
 

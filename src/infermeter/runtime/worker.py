@@ -174,7 +174,10 @@ class Worker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._drain_inbox()
+            try:
+                self._drain_inbox()
+            except Exception:  # one bad message must not stop the device's only loop
+                log.exception("worker inbox")
             slot = self._pick()
             if slot is None:
                 self._wake.wait(0.05)
@@ -195,9 +198,14 @@ class Worker:
             if op == "submit":
                 assert isinstance(arg, GenerationRequest)
                 slot = self._slots[arg.engine_id]
+                try:
+                    slot.scheduler.add(arg.request_id, arg.prompt_ids, max_tokens=arg.max_tokens,
+                                       tier=arg.tier, eos_token_id=slot.engine.info.eos_token_id)
+                except ValueError as exc:  # admission checks this first; never kill the loop
+                    if arg.on_finish is not None:
+                        arg.on_finish(exc)
+                    continue
                 self._requests[arg.request_id] = arg
-                slot.scheduler.add(arg.request_id, arg.prompt_ids, max_tokens=arg.max_tokens,
-                                   tier=arg.tier, eos_token_id=slot.engine.info.eos_token_id)
                 if arg.rng is None:
                     arg.rng = np.random.default_rng(arg.sampling.seed)
             elif op == "cancel":
