@@ -48,6 +48,32 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+_BOUNDS = {"greater_than_equal": ("ge", ">="), "greater_than": ("gt", ">"),
+           "less_than_equal": ("le", "<="), "less_than": ("lt", "<")}
+
+
+_KINDS = {"int": "an integer", "float": "a number", "string": "a string", "bool": "true or false",
+          "list": "a list", "dict": "an object", "model": "an object"}
+
+
+def _fix(error: Any) -> str:
+    """The fix, in words, for one pydantic error."""
+    kind, ctx = error.get("type", ""), error.get("ctx") or {}
+    if kind in _BOUNDS:
+        key, op = _BOUNDS[kind]
+        return f"send a value {op} {ctx.get(key)}"
+    if kind in ("literal_error", "enum"):
+        return "pick one of those"
+    if kind.endswith(("_type", "_parsing")):
+        wanted = _KINDS.get(kind.split("_")[0], kind.split("_")[0])
+        return f"send {wanted}, not {type(error.get('input')).__name__}"
+    if kind == "too_short":
+        return f"send at least {ctx.get('min_length', 1)}"
+    if kind == "too_long":
+        return f"send at most {ctx.get('max_length')}"
+    return "correct the value (see the OpenAI API reference for this field)"
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(e.InfermeterError)
     async def _known(request: Request, exc: e.InfermeterError) -> JSONResponse:
@@ -73,7 +99,7 @@ def install(app: FastAPI) -> None:
         else:
             value = first.get("input")
             shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-            msg = f"'{where}' = {shown} is invalid: {first.get('msg', 'bad value')}"
+            msg = f"'{where}' = {shown} is invalid: {first.get('msg', 'bad value')}; {_fix(first)}"
         return envelope(400, msg, "invalid_request_error", where or None, "invalid_value")
 
     @app.exception_handler(StarletteHTTPException)

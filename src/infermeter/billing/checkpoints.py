@@ -157,11 +157,14 @@ def verify_checkpoints(
     n = len(checkpoints)
     newest = max(matched)
     if newest < ledger_size:  # not an error: the next scheduled checkpoint will sign them
-        last = (f"; entries {newest}..{ledger_size - 1} are not signed by a checkpoint yet "
+        unsigned = (f"entry {newest} is" if newest == ledger_size - 1
+                    else f"entries {newest}..{ledger_size - 1} are")
+        last = (f"; {unsigned} not signed by a checkpoint yet "
                 "(`infermeter ledger checkpoint` signs them now)")
     else:
         last = f"; the newest covers all {ledger_size} entries" if checkpoints else ""
-    return CheckpointReport(True, n, None, None, f"{n} checkpoints verified{last}")
+    noun = "checkpoint" if n == 1 else "checkpoints"
+    return CheckpointReport(True, n, None, None, f"{n} signed {noun} verified{last}")
 
 
 __all__ = [

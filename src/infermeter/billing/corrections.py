@@ -149,7 +149,7 @@ def issue_correction(
     """Append a credit or reversal for ``record_id``; the original entry is never touched."""
     original = store.get_record(record_id)
     if original is None:
-        raise NotFound(f"no usage record {record_id!r}; find record ids with `infermeter usage` or "
+        raise NotFound(f"no usage record {record_id!r}; find record ids in GET /v1/usage/records or "
                        "GET /v1/admin/export/usage.jsonl", param="record_id")
     value = None if amount is None else parse_amount(amount, original.currency)
     for _ in range(_RETRIES):

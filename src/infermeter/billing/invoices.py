@@ -101,7 +101,7 @@ def _tally(records: list[UsageRecord]) -> tuple[int, int, int, Decimal, Decimal,
     return (
         prompt,
         completion,
-        len(records),
+        sum(1 for r in records if r.kind == "usage"),  # a credit or reversal is not a request
         Decimal(device_us).scaleb(-3),
         Decimal(ru_micros).scaleb(-6),
         exact,

@@ -78,7 +78,8 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
         raise LedgerIntegrityError(chain.message + extra, seq=chain.first_bad_seq)
     if not cps.ok:
         raise LedgerIntegrityError(cps.message, seq=cps.first_bad_seq)
-    out.print(f"[green]ledger intact[/]: {chain.entries:,} entries verified. {chain.message}. {cps.message}.")
+    out.print(f"[green]intact[/]: {chain.message}")
+    out.print(cps.message)
     return 0
 
 
@@ -179,7 +180,7 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
         return 0 if verdict.ok else 1
     if not verdict.ok:
         raise LedgerIntegrityError(f"receipt {args.file} is NOT valid: {verdict.message}")
-    out.print(f"[green]valid[/]: {verdict.message}")
+    out.print(f"[green]{verdict.message}[/]")
     return 0
 
 
