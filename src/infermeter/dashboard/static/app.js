@@ -250,7 +250,9 @@
   }
 
   function statusPill(status) {
-    const cls = status === "completed" || status === "length" ? "ok" : status === "cancelled" ? "warn" : "bad";
+    // corrections (credit, reversal, adjustment) show their kind instead of a status
+    const cls = ["completed", "length", "credit", "reversal", "adjustment"].includes(status) ? "ok"
+      : status === "cancelled" ? "warn" : "bad";
     return el("span", { class: `pill ${cls}`, textContent: status });
   }
 
@@ -262,7 +264,7 @@
     }
     body.replaceChildren(...records.map((r) => el("tr", { "data-record": r.record_id },
       el("td", {}, when(r.ended_at)),
-      td(r.model, "opt"), td(r.service_tier, "opt"), el("td", { class: "opt" }, statusPill(r.status)),
+      td(r.model, "opt"), td(r.service_tier, "opt"), el("td", { class: "opt" }, statusPill(r.kind && r.kind !== "usage" ? r.kind : r.status)),
       td(int(r.prompt_tokens + r.completion_tokens), "num opt"),
       td(fixed(Number(r.device_ms), 1), "num opt"), td(fixed(Number(r.ru), 4), "num"),
       td(money(r.cost, r.currency), "num"),
