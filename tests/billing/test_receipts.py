@@ -60,6 +60,11 @@ def _flip_hex(text: str) -> str:
     return text[:-1] + ("0" if text[-1] != "0" else "1")
 
 
+def _flip_b64(text: str) -> str:
+    """Change the first character (a fixed "A" left a signature that began with "A" unchanged)."""
+    return ("B" if text[0] == "A" else "A") + text[1:]
+
+
 MUTATIONS = {
     "cost": lambda r: r["entry"]["event"]["data"].__setitem__("cost", "0"),
     "tenant": lambda r: r["entry"]["event"]["data"].__setitem__("tenant_id", "ten_other"),
@@ -76,7 +81,7 @@ MUTATIONS = {
     "tree_size": lambda r: r["checkpoint"].__setitem__("tree_size", r["checkpoint"]["tree_size"] + 1),
     "timestamp": lambda r: r["checkpoint"].__setitem__("timestamp", "2020-01-01T00:00:00.000000Z"),
     "origin": lambda r: r["checkpoint"].__setitem__("origin", "infermeter/elsewhere"),
-    "signature": lambda r: r["checkpoint"].__setitem__("signature", "A" + r["checkpoint"]["signature"][1:]),
+    "signature": lambda r: r["checkpoint"].__setitem__("signature", _flip_b64(r["checkpoint"]["signature"])),
 }
 
 
