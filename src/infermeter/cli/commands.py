@@ -151,10 +151,14 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     store = open_store(settings_from(args))
     try:
+        before = {k.key_id: k.revoked_at for k in store.list_keys()}
         key = store.revoke_key(args.key_id)
     finally:
         store.close()
-    out.print(f"revoked {key.key_id}")
+    if before.get(key.key_id) is not None:
+        out.print(f"{key.key_id} was already revoked at {before[key.key_id]:%Y-%m-%d %H:%M:%S} UTC")
+    else:
+        out.print(f"revoked {key.key_id}")
     return 0
 
 
