@@ -19,6 +19,7 @@ ratios matter, and integer arithmetic keeps the split exact and fast on the serv
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,6 +83,28 @@ TOKEN_PROPORTIONAL = CostModel("token-proportional-v1", 1, 0, 1, 0, 0)
 """The default until a model is calibrated: every new token (prefill or decode) costs the same."""
 
 
+def remainder_threshold(rems: Iterable[int], leftover: int) -> int | None:
+    """Largest-remainder apportionment that treats equal remainders as one block.
+
+    Parts whose remainder is >= the returned threshold get one more unit. Blocks of equal
+    remainder are served largest first, each only if ``leftover`` covers the whole block, so
+    identical parts always get identical amounts and a smaller exact share never ends up
+    above a larger one; what cannot be given stays with the caller's pool. None: give none.
+    """
+    if leftover <= 0:
+        return None
+    counts: dict[int, int] = {}
+    for r in rems:
+        counts[r] = counts.get(r, 0) + 1
+    threshold = None
+    for r in sorted(counts, reverse=True):
+        if r == 0 or counts[r] > leftover:
+            break
+        leftover -= counts[r]
+        threshold = r
+    return threshold
+
+
 def attribute(step: StepRecord, model: CostModel) -> StepShares:
     """Split ``step.device_us`` over its participants by ``model``; exact and order-independent.
 
@@ -128,22 +151,12 @@ def attribute(step: StepRecord, model: CostModel) -> StepShares:
         rems.append(r)
     leftover = total_us - sum(floors)  # == Σ rems / den, so 0 <= leftover < n
 
-    if leftover:
-        # Blocks of equal remainder, largest first; stop at the first block that does not fit
-        # whole, so a smaller exact share never ends up above a larger one.
-        counts: dict[int, int] = {}
-        for r in rems:
-            counts[r] = counts.get(r, 0) + 1
-        threshold = None
-        for r in sorted(counts, reverse=True):
-            if r == 0 or counts[r] > leftover:
-                break
-            leftover -= counts[r]
-            threshold = r
-        if threshold is not None:
-            for i, r in enumerate(rems):
-                if r >= threshold:
-                    floors[i] += 1
+    threshold = remainder_threshold(rems, leftover)
+    if threshold is not None:
+        for i, r in enumerate(rems):
+            if r >= threshold:
+                floors[i] += 1
+                leftover -= 1  # what is not given stays unattributed (rounding)
 
     shares: dict[str, int] = {}
     for p, share in zip(parts, floors, strict=True):

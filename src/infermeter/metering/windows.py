@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from infermeter.core.records import StepShares
+from infermeter.metering.attribution import remainder_threshold
 
 NS_PER_S = 1_000_000_000
 # Window-level ms are rounded half-even to 10^-6 ms (1 ns): internal quantities, not money.
@@ -130,15 +131,7 @@ def attribute_window(
             energy[rid], rems[rid] = divmod(dynamic * w, total_weight)
         # requests may take at most the floor of their exact total; the rest is the pool's
         available = dynamic * sum(weights.values()) // total_weight - sum(energy.values())
-        counts: dict[int, int] = {}
-        for r in rems.values():
-            counts[r] = counts.get(r, 0) + 1
-        threshold = None
-        for r in sorted(counts, reverse=True):
-            if r == 0 or counts[r] > available:
-                break
-            available -= counts[r]
-            threshold = r
+        threshold = remainder_threshold(rems.values(), available)
         if threshold is not None:
             for rid, r in rems.items():
                 if r >= threshold:
