@@ -49,8 +49,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if (ROOT / "src" / "infermeter").is_dir():
     sys.path.insert(0, str(ROOT / "src"))
 
-DEPENDENCIES = ("numpy", "onnx", "onnxruntime", "prometheus_client", "rich", "tokenizers",
-                "cryptography", "torch")
+DEPENDENCIES = (
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "prometheus_client",
+    "rich",
+    "tokenizers",
+    "cryptography",
+    "torch",
+)
 DEADLINE_S = 270.0  # stop starting optional work after this; the whole run stays under 5 min
 
 
@@ -97,8 +105,9 @@ def prompts(count: int, vocab: int, seed: int) -> list[tuple[list[int], int]]:
     return out
 
 
-def run_batch(service: Any, engine_id: str, work: list[tuple[list[int], int]],
-              tag: str) -> tuple[int, float, list[Any]]:
+def run_batch(
+    service: Any, engine_id: str, work: list[tuple[list[int], int]], tag: str
+) -> tuple[int, float, list[Any]]:
     """Submit every request at once to the worker; wait; (tokens, seconds, outcomes)."""
     from infermeter.core.types import ServiceTier
     from infermeter.runtime.sampling import SamplingParams
@@ -115,10 +124,19 @@ def run_batch(service: Any, engine_id: str, work: list[tuple[list[int], int]],
 
     t0 = time.perf_counter()
     for i, (ids, new) in enumerate(work):
-        service.worker.submit(GenerationRequest(
-            request_id=f"{tag}-{i}", tenant_id="gpu-check", model="tiny-gpt", engine_id=engine_id,
-            tier=ServiceTier.DEFAULT, prompt_ids=ids, max_tokens=new,
-            sampling=SamplingParams(temperature=0.0), on_finish=finished))
+        service.worker.submit(
+            GenerationRequest(
+                request_id=f"{tag}-{i}",
+                tenant_id="gpu-check",
+                model="tiny-gpt",
+                engine_id=engine_id,
+                tier=ServiceTier.DEFAULT,
+                prompt_ids=ids,
+                max_tokens=new,
+                sampling=SamplingParams(temperature=0.0),
+                on_finish=finished,
+            )
+        )
     for _ in work:
         if not done.acquire(timeout=120):
             raise TimeoutError(f"round {tag}: a request did not finish within 120 s")
@@ -150,14 +168,18 @@ class StepTally:
 def count_synchronize(torch: Any) -> Iterator[dict[str, int]]:
     """Count synchronize calls made while metering runs (the goal is none added)."""
     counts = {"calls": 0}
-    targets = [(torch.cuda, "synchronize"), (torch.cuda.Event, "synchronize"),
-               (torch.cuda.Stream, "synchronize")]
+    targets = [
+        (torch.cuda, "synchronize"),
+        (torch.cuda.Event, "synchronize"),
+        (torch.cuda.Stream, "synchronize"),
+    ]
     saved = [(obj, name, getattr(obj, name)) for obj, name in targets]
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         def counted(*args: Any, **kwargs: Any) -> Any:
             counts["calls"] += 1
             return fn(*args, **kwargs)
+
         return counted
 
     for obj, name, fn in saved:
@@ -258,8 +280,13 @@ def make_sampler(kind: str, ledger: Any, idle_power_mw: int | None = None) -> An
 
     source = make_source(kind)
     assert source is not None
-    return WindowSampler(source, None if ledger is None else ledger.write, window_ms=100,
-                         min_activity_ms=100, idle_power_mw=idle_power_mw)
+    return WindowSampler(
+        source,
+        None if ledger is None else ledger.write,
+        window_ms=100,
+        min_activity_ms=100,
+        idle_power_mw=idle_power_mw,
+    )
 
 
 def idle_power(kind: str, seconds: float = 0.8) -> int:
@@ -274,8 +301,9 @@ def idle_power(kind: str, seconds: float = 0.8) -> int:
 MODES = ("off", "timer", "metered", "full")
 
 
-def throughput_and_windows(report: Report, ctx: dict[str, Any], data: dict[str, Any],
-                           rounds: int, count: int) -> None:
+def throughput_and_windows(
+    report: Report, ctx: dict[str, Any], data: dict[str, Any], rounds: int, count: int
+) -> None:
     """Rounds of the same mixed workload, modes interleaved in each round:
 
     off      NullTimer, pipeline disabled, no sampler (nothing metered)
@@ -333,8 +361,9 @@ def throughput_and_windows(report: Report, ctx: dict[str, Any], data: dict[str, 
     for mode in MODES:
         data[f"tokens_per_s_{mode}"] = round(statistics.median(rates[mode]), 1)
         if mode != "off":
-            data[f"ratio_{mode}_off"] = round(statistics.median(
-                a / b for a, b in zip(rates[mode], off, strict=True)), 4)
+            data[f"ratio_{mode}_off"] = round(
+                statistics.median(a / b for a, b in zip(rates[mode], off, strict=True)), 4
+            )
     data["ratio_on_off"] = data["ratio_full_off"]
     data["tokens_per_s_on"] = data["tokens_per_s_full"]
     data["rounds"] = done_rounds
@@ -362,19 +391,27 @@ def throughput_and_windows(report: Report, ctx: dict[str, Any], data: dict[str, 
     data["energy_closure_error_mj"] = attributed + unattributed - energy
     data["tokens_metered"] = tokens_on
     data["energy_j_per_1k_tokens"] = round(energy / tokens_on, 3) if tokens_on else None
-    data["attributed_energy_j_per_1k_tokens"] = (round(attributed / tokens_on, 3)
-                                                 if tokens_on else None)
+    data["attributed_energy_j_per_1k_tokens"] = round(attributed / tokens_on, 3) if tokens_on else None
     pool = ledger.pool()
-    data["ledger_pool"] = {"windows": pool.windows, "valid": pool.valid, "rejected": pool.rejected,
-                           "energy_mj": pool.energy_mj, "idle_mj": pool.idle_mj,
-                           "unattributed_energy_mj": pool.unattributed_energy_mj}
+    data["ledger_pool"] = {
+        "windows": pool.windows,
+        "valid": pool.valid,
+        "rejected": pool.rejected,
+        "energy_mj": pool.energy_mj,
+        "idle_mj": pool.idle_mj,
+        "unattributed_energy_mj": pool.unattributed_energy_mj,
+    }
 
 
 def fixed_prompt_ru(ctx: dict[str, Any], data: dict[str, Any]) -> None:
     """RU of four fixed prompts (greedy, 32 new tokens) under the service's RU table."""
     service, engine = ctx["service"], ctx["engine"]
-    texts = ["The ledger records every request.", "Explain device time in one sentence.",
-             "Once upon a time, on a GPU far away,", "def add(a, b):\n    return a + b\n"]
+    texts = [
+        "The ledger records every request.",
+        "Explain device time in one sentence.",
+        "Once upon a time, on a GPU far away,",
+        "def add(a, b):\n    return a + b\n",
+    ]
     tok = ctx["tokenizer"]
     work = [(tok.encode(t), 32) for t in texts]
     sampler = make_sampler(ctx["sampler"], ctx["ledger"], ctx.get("idle_power_mw"))
@@ -388,9 +425,15 @@ def fixed_prompt_ru(ctx: dict[str, Any], data: dict[str, Any]) -> None:
     rows = []
     for o in sorted(outcomes, key=lambda o: o.request_id):
         meters = ctx["ledger"].meters(o.request_id)
-        rows.append({"request_id": o.request_id, "tokens": o.completion_tokens,
-                     "device_ms": str(o.device_ms), "ru": str(o.ru),
-                     "energy_mj": None if meters is None else meters.energy_mj})
+        rows.append(
+            {
+                "request_id": o.request_id,
+                "tokens": o.completion_tokens,
+                "device_ms": str(o.device_ms),
+                "ru": str(o.ru),
+                "energy_mj": None if meters is None else meters.energy_mj,
+            }
+        )
     data["prompts"] = rows
     data["total_ru"] = str(sum((o.ru for o in outcomes), start=Decimal(0)))
     data["ru_table_version"] = outcomes[0].ru_table_version
@@ -403,11 +446,19 @@ def calibration(ctx: dict[str, Any], data: dict[str, Any], quick: bool) -> Any:
     from infermeter.metering.ru import SEED_TABLE
 
     engine = ctx["engine"]
-    rates = (cal.measure_cuda_reference(quick=quick) if ctx["device"] == "cuda"
-             else cal.measure_cpu_reference(quick=quick))
+    rates = (
+        cal.measure_cuda_reference(quick=quick)
+        if ctx["device"] == "cuda"
+        else cal.measure_cpu_reference(quick=quick)
+    )
     runner = EngineRunner(engine)
-    result = cal.calibrate(engine.info.device_class, rates, SEED_TABLE,
-                           {engine.info.engine_id: (runner, model_shape(engine))}, quick=quick)
+    result = cal.calibrate(
+        engine.info.device_class,
+        rates,
+        SEED_TABLE,
+        {engine.info.engine_id: (runner, model_shape(engine))},
+        quick=quick,
+    )
     path = cal.save(result, ctx["home"])
     fitted = result.cost_models[engine.info.engine_id]
     data["device_class"] = result.device_class
@@ -415,14 +466,16 @@ def calibration(ctx: dict[str, Any], data: dict[str, Any], quick: bool) -> Any:
     data["copy_gbps"] = round(rates.copy_gbps, 1)
     data["r_compute"] = round(rates.r_compute, 4)
     data["r_bw"] = round(rates.r_bw, 4)
-    data["factors"] = {p.phase: str(result.ru_table.factor(result.device_class, p.phase,
-                                                           engine.info.precision))
-                       for p in result.probes}
+    data["factors"] = {
+        p.phase: str(result.ru_table.factor(result.device_class, p.phase, engine.info.precision))
+        for p in result.probes
+    }
     data["seed_factors"] = {}
     for p in result.probes:
         try:
-            data["seed_factors"][p.phase] = str(SEED_TABLE.factor(result.device_class, p.phase,
-                                                                 engine.info.precision))
+            data["seed_factors"][p.phase] = str(
+                SEED_TABLE.factor(result.device_class, p.phase, engine.info.precision)
+            )
         except Exception:
             data["seed_factors"][p.phase] = None
     data["probes_us_per_token"] = {p.phase: round(p.us_per_token, 3) for p in result.probes}
@@ -446,27 +499,32 @@ def accuracy(ctx: dict[str, Any], data: dict[str, Any], fitted: Any, quick: bool
     models = [TOKEN_PROPORTIONAL] + ([fitted] if fitted is not None else [])
     for name, model in zip(("before", "after"), models, strict=False):
         rep = acc.evaluate(steps, solo, model)
-        data[name] = {"model": rep.model_version, "conservation_error_us": rep.conservation_error_us,
-                      "share_median": round(rep.share_median, 4),
-                      "share_p95": round(rep.share_p95, 4), "raw_median": round(rep.raw_median, 4),
-                      "raw_p95": round(rep.raw_p95, 4), "measured_us": rep.measured_us,
-                      "solo_us": rep.solo_us}
+        data[name] = {
+            "model": rep.model_version,
+            "conservation_error_us": rep.conservation_error_us,
+            "share_median": round(rep.share_median, 4),
+            "share_p95": round(rep.share_p95, 4),
+            "raw_median": round(rep.raw_median, 4),
+            "raw_p95": round(rep.raw_p95, 4),
+            "measured_us": rep.measured_us,
+            "solo_us": rep.solo_us,
+        }
 
 
 # -- main ---------------------------------------------------------------------------------------
 def build_service(home: Path, device: str, sampler: str) -> dict[str, Any]:
-    from infermeter.app.service import LoadedEngine, Service
+    from infermeter.app.service import Service
     from infermeter.cli.calibrate import torch_engine
     from infermeter.config import load_settings
     from infermeter.core.types import Precision
     from infermeter.metering.timers import CpuStepTimer
     from infermeter.metering.window_ledger import WindowLedger
+    from infermeter.runtime.engine import LoadedEngine
     from infermeter.runtime.tokenizer import ByteTokenizer
 
     settings = load_settings({"home": home, "warmup_steps": 4, "max_batch": 16}, env={})
     precision = Precision.FP16 if device == "cuda" else Precision.FP32
-    engine = torch_engine(settings, precision=precision, device=device,
-                          timer_factory=CpuStepTimer)
+    engine = torch_engine(settings, precision=precision, device=device, timer_factory=CpuStepTimer)
     tokenizer = ByteTokenizer()
     service = Service(settings, [LoadedEngine(engine, tokenizer)])
     tally_warmup: list[int] = []
@@ -480,9 +538,16 @@ def build_service(home: Path, device: str, sampler: str) -> dict[str, Any]:
     service.pipeline.on_step = warm
     service.start()
     service.pipeline.on_step = original
-    return {"service": service, "engine": engine, "tokenizer": tokenizer, "home": home,
-            "device": device, "sampler": sampler, "warmup_us": sum(tally_warmup),
-            "ledger": WindowLedger(home / "windows.db")}
+    return {
+        "service": service,
+        "engine": engine,
+        "tokenizer": tokenizer,
+        "home": home,
+        "device": device,
+        "sampler": sampler,
+        "warmup_us": sum(tally_warmup),
+        "ledger": WindowLedger(home / "windows.db"),
+    }
 
 
 def table(report: Report) -> str:
@@ -504,20 +569,40 @@ def table(report: Report) -> str:
     t = report.data("throughput")
     if t:
         rows += [
-            ("conservation error (steps)", f"{t['conservation_error_us']} µs of "
-             f"{t['measured_device_us']:,} µs", "exactly 0"),
-            ("energy closure error (windows)", f"{t['energy_closure_error_mj']} mJ of "
-             f"{t['energy_mj']:,} mJ", "exactly 0"),
-            ("tokens/s metering on ÷ off", f"{t['ratio_on_off']:.4f} ({t['tokens_per_s_on']:.0f} / "
-             f"{t['tokens_per_s_off']:.0f}, {t['rounds']} rounds)", ">= 0.99"),
-            ("  of which timer / +records / +sampler", f"{t['ratio_timer_off']:.4f} / "
-             f"{t['ratio_metered_off']:.4f} / {t['ratio_full_off']:.4f}", ""),
+            (
+                "conservation error (steps)",
+                f"{t['conservation_error_us']} µs of {t['measured_device_us']:,} µs",
+                "exactly 0",
+            ),
+            (
+                "energy closure error (windows)",
+                f"{t['energy_closure_error_mj']} mJ of {t['energy_mj']:,} mJ",
+                "exactly 0",
+            ),
+            (
+                "tokens/s metering on ÷ off",
+                f"{t['ratio_on_off']:.4f} ({t['tokens_per_s_on']:.0f} / "
+                f"{t['tokens_per_s_off']:.0f}, {t['rounds']} rounds)",
+                ">= 0.99",
+            ),
+            (
+                "  of which timer / +records / +sampler",
+                f"{t['ratio_timer_off']:.4f} / {t['ratio_metered_off']:.4f} / {t['ratio_full_off']:.4f}",
+                "",
+            ),
             ("synchronize calls added by metering", str(t["synchronize_calls_while_metering"]), "0"),
-            ("sampler windows valid / rejected", f"{t['windows_valid']} / {t['windows_rejected']} "
-             f"of {t['windows']} ({t['sampler_source']}; {t['rejected_by_reason'] or 'none'})", ""),
-            ("energy per 1,000 tokens", f"{t['energy_j_per_1k_tokens']} J (attributed above "
-             f"idle {t['attributed_energy_j_per_1k_tokens']} J; idle {t['idle_power_mw'] / 1000:.1f} W)",
-             ""),
+            (
+                "sampler windows valid / rejected",
+                f"{t['windows_valid']} / {t['windows_rejected']} "
+                f"of {t['windows']} ({t['sampler_source']}; {t['rejected_by_reason'] or 'none'})",
+                "",
+            ),
+            (
+                "energy per 1,000 tokens",
+                f"{t['energy_j_per_1k_tokens']} J (attributed above "
+                f"idle {t['attributed_energy_j_per_1k_tokens']} J; idle {t['idle_power_mw'] / 1000:.1f} W)",
+                "",
+            ),
         ]
     else:
         rows.append(("throughput / conservation / windows", fail("throughput"), ""))
@@ -526,29 +611,59 @@ def table(report: Report) -> str:
         for name in ("before", "after"):
             if name in a:
                 r = a[name]
-                rows.append((f"attribution error vs solo, {name} calibration",
-                             f"median {r['share_median']:.1%}, p95 {r['share_p95']:.1%} "
-                             f"(conservation {r['conservation_error_us']} µs)",
-                             "median <= 5 % after" if name == "after" else ""))
+                rows.append(
+                    (
+                        f"attribution error vs solo, {name} calibration",
+                        f"median {r['share_median']:.1%}, p95 {r['share_p95']:.1%} "
+                        f"(conservation {r['conservation_error_us']} µs)",
+                        "median <= 5 % after" if name == "after" else "",
+                    )
+                )
     else:
         rows.append(("attribution error vs solo", fail("accuracy"), ""))
     ru = report.data("fixed_prompt_ru")
-    rows.append(("RU, 4 fixed prompts x 32 tokens",
-                 f"{ru['total_ru']} RU ({ru['device_class']}, {ru['ru_table_version']})" if ru
-                 else fail("fixed_prompt_ru"), ""))
+    rows.append(
+        (
+            "RU, 4 fixed prompts x 32 tokens",
+            f"{ru['total_ru']} RU ({ru['device_class']}, {ru['ru_table_version']})"
+            if ru
+            else fail("fixed_prompt_ru"),
+            "",
+        )
+    )
     c = report.data("calibration")
-    rows.append(("calibration: GEMM, copy, factors, fit MAPE",
-                 f"{c['gemm_tflops']} TFLOP/s, {c['copy_gbps']} GB/s, prefill {c['factors'].get('prefill')}"
-                 f" / decode {c['factors'].get('decode')} RU/ms (seed {c['seed_factors']}), "
-                 f"MAPE {c['fit_mape_percent']} %" if c else fail("calibration"), ""))
+    rows.append(
+        (
+            "calibration: GEMM, copy, factors, fit MAPE",
+            f"{c['gemm_tflops']} TFLOP/s, {c['copy_gbps']} GB/s, prefill {c['factors'].get('prefill')}"
+            f" / decode {c['factors'].get('decode')} RU/ms (seed {c['seed_factors']}), "
+            f"MAPE {c['fit_mape_percent']} %"
+            if c
+            else fail("calibration"),
+            "",
+        )
+    )
     tc = report.data("timer_cost")
-    rows.append(("step-timer CPU cost per step", f"{tc['cpu_us_per_step_median']} µs median, "
-                 f"{tc['cpu_us_per_step_p95']} µs p95 ({tc['timer']})" if tc
-                 else fail("timer_cost"), ""))
+    rows.append(
+        (
+            "step-timer CPU cost per step",
+            f"{tc['cpu_us_per_step_median']} µs median, {tc['cpu_us_per_step_p95']} µs p95 ({tc['timer']})"
+            if tc
+            else fail("timer_cost"),
+            "",
+        )
+    )
     nv = report.data("nvml")
-    rows.append(("NVML energy read / GPM", f"{nv['energy_read_ms']} ms per read, GPM "
-                 f"{'yes' if nv['gpm_supported'] else 'no'} ({nv['device']}, driver {nv['driver']})"
-                 if nv else fail("nvml"), "~4 ms; never per request"))
+    rows.append(
+        (
+            "NVML energy read / GPM",
+            f"{nv['energy_read_ms']} ms per read, GPM "
+            f"{'yes' if nv['gpm_supported'] else 'no'} ({nv['device']}, driver {nv['driver']})"
+            if nv
+            else fail("nvml"),
+            "~4 ms; never per request",
+        )
+    )
     width = max(len(r[0]) for r in rows)
     lines = [f"{'check':<{width}}  result  [goal]"]
     for name, result, goal in rows:
@@ -563,8 +678,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--quick", action="store_true", help="smaller workload (dry runs)")
     args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else (Path(os.environ["OUT"]) / "gpu_check.json"
-                                           if os.environ.get("OUT") else Path("gpu_check.json"))
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else Path("gpu_check.json"))
+    )
     report = Report()
     tmp = tempfile.TemporaryDirectory(prefix="infermeter-gpu-check-")
     home = Path(args.home) if args.home else Path(tmp.name)
@@ -583,8 +701,9 @@ def main(argv: list[str] | None = None) -> int:
         data["timer"] = type(ctx["engine"].timer).__name__
     if "service" in ctx:
         with report.section("throughput") as data:
-            throughput_and_windows(report, ctx, data, rounds=2 if args.quick else 5,
-                                   count=12 if args.quick else 64)
+            throughput_and_windows(
+                report, ctx, data, rounds=2 if args.quick else 5, count=12 if args.quick else 64
+            )
         with report.section("fixed_prompt_ru") as data:
             fixed_prompt_ru(ctx, data)
         fitted = None
@@ -596,9 +715,13 @@ def main(argv: list[str] | None = None) -> int:
             ctx["service"].stop()
             ctx["ledger"].close()
     summary = table(report)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": args.device,
-              "seconds": round(time.monotonic() - report.started, 1), "sections": report.sections,
-              "table": summary}
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "device": args.device,
+        "seconds": round(time.monotonic() - report.started, 1),
+        "sections": report.sections,
+        "table": summary,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
     print(f"\nJSON report: {out} ({result['seconds']} s)")

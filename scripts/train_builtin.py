@@ -124,10 +124,7 @@ def _collect(obj: object, docs: dict[str, None], depth: int) -> None:
             continue
         member = getattr(obj, "__dict__", {})[attr]
         if inspect.isclass(member) or inspect.isroutine(member) or isinstance(member, property):
-            if (
-                str(getattr(member, "__module__", None) or "").split(".")[0]
-                in sys.stdlib_module_names
-            ):
+            if str(getattr(member, "__module__", None) or "").split(".")[0] in sys.stdlib_module_names:
                 _collect(member, docs, depth + 1)
 
 
@@ -264,9 +261,7 @@ def chat_entries() -> list[Entry]:
     return [e for e in found.values() if counts[e.answer] <= 3]
 
 
-def _walk(
-    obj: object, name: str, kind: str, depth: int, module: str, found: dict[str, Entry]
-) -> None:
+def _walk(obj: object, name: str, kind: str, depth: int, module: str, found: dict[str, Entry]) -> None:
     raw = vars(obj).get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None)
     answer = first_sentence(inspect.cleandoc(raw)) if isinstance(raw, str) else None
     if name and answer and name not in found:
@@ -293,9 +288,7 @@ def _walk(
 
 def render_chat(messages: list[tuple[str, str]]) -> str:
     """Same template as ``infermeter.runtime.tokenizer.render_chat``: must stay identical."""
-    return "\n".join(
-        [f"{role.capitalize()}: {content}" for role, content in messages] + ["Assistant:"]
-    )
+    return "\n".join([f"{role.capitalize()}: {content}" for role, content in messages] + ["Assistant:"])
 
 
 def _question(entry: Entry, rng: random.Random) -> str:
@@ -525,11 +518,7 @@ def main() -> None:
     start, step = time.monotonic(), 0
     while (elapsed := time.monotonic() - start) < budget:
         frac = elapsed / budget
-        lr = (
-            args.lr
-            * min(1.0, (step + 1) / 100)
-            * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        )
+        lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
         x, y, pos = batch([plain, chat], shares, args.batch, args.block, rng)
@@ -547,9 +536,7 @@ def main() -> None:
                 flush=True,
             )
         if step % 1000 == 0:
-            print(
-                repr(sample(model, render_chat([("user", DEMO_QUESTIONS[step // 1000 % 6])]), 160))
-            )
+            print(repr(sample(model, render_chat([("user", DEMO_QUESTIONS[step // 1000 % 6])]), 160)))
 
     model.eval()
     print(

@@ -14,8 +14,9 @@ import pytest
 import uvicorn
 
 from infermeter.api.app import create_app
-from infermeter.app.service import LoadedEngine, Service
+from infermeter.app.service import Service
 from infermeter.config import Settings, load_settings
+from infermeter.runtime.engine import LoadedEngine
 from infermeter.runtime.fake_engine import FakeEngine
 from infermeter.runtime.tokenizer import ByteTokenizer
 
@@ -41,8 +42,9 @@ class LiveServer:
     def client(self, tenant: str = "alpha", **kwargs: Any) -> Any:
         import openai
 
-        return openai.OpenAI(base_url=self.base_url, api_key=self.keys[tenant], max_retries=0,
-                             timeout=60, **kwargs)
+        return openai.OpenAI(
+            base_url=self.base_url, api_key=self.keys[tenant], max_retries=0, timeout=60, **kwargs
+        )
 
 
 def run_server(service: Service, tenants: tuple[str, ...] = ("alpha", "beta")) -> Iterator[LiveServer]:
@@ -55,8 +57,9 @@ def run_server(service: Service, tenants: tuple[str, ...] = ("alpha", "beta")) -
         live.tenant_ids[name] = tenant.tenant_id
     _, live.admin_key = service.store.create_key(None, admin=True)
     port = free_port()
-    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on")
+    config = uvicorn.Config(
+        create_app(service), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -26,10 +26,18 @@ def run_requests(svc: object, n: int) -> None:
     done = threading.Semaphore(0)
     engine_id = svc.engine_infos()[0].engine_id  # type: ignore[attr-defined]
     for i in range(n):
-        svc.worker.submit(GenerationRequest(  # type: ignore[attr-defined]
-            request_id=request_id(), tenant_id="t", model="tiny-gpt", engine_id=engine_id,
-            tier=ServiceTier.DEFAULT, prompt_ids=list(range(1, 2 + i * 3)), max_tokens=2 + i % 5,
-            on_finish=lambda _: done.release()))
+        svc.worker.submit(
+            GenerationRequest(  # type: ignore[attr-defined]
+                request_id=request_id(),
+                tenant_id="t",
+                model="tiny-gpt",
+                engine_id=engine_id,
+                tier=ServiceTier.DEFAULT,
+                prompt_ids=list(range(1, 2 + i * 3)),
+                max_tokens=2 + i % 5,
+                on_finish=lambda _: done.release(),
+            )
+        )
     for _ in range(n):
         assert done.acquire(timeout=30)
 
@@ -75,13 +83,15 @@ def test_3_durable_before_acknowledged(fake_server: LiveServer) -> None:
     with sqlite3.connect(db) as con:  # a separate connection sees only committed data
         assert con.execute("SELECT count(*) FROM ledger WHERE record_id = ?", (rid,)).fetchone()[0] == 1
     stream = fake_server.client().completions.create(
-        model="tiny-gpt", prompt="y", max_tokens=2, stream=True, stream_options={"include_usage": True})
+        model="tiny-gpt", prompt="y", max_tokens=2, stream=True, stream_options={"include_usage": True}
+    )
     for chunk in stream:
         if chunk.usage is not None:
             rid = chunk.usage.model_extra["metering"]["record_id"]  # type: ignore[union-attr]
             with sqlite3.connect(db) as con:
-                assert con.execute("SELECT count(*) FROM ledger WHERE record_id = ?",
-                                   (rid,)).fetchone()[0] == 1
+                assert (
+                    con.execute("SELECT count(*) FROM ledger WHERE record_id = ?", (rid,)).fetchone()[0] == 1
+                )
 
 
 def test_4_append_only(fake_server: LiveServer) -> None:
@@ -116,9 +126,11 @@ def test_6_money_is_never_a_float(fake_server: LiveServer) -> None:
     """Money refuses floats; records hold Decimals; the API sends cost as a decimal string."""
     with pytest.raises(TypeError):
         Money(0.1)  # type: ignore[arg-type]
-    raw = httpx.post(fake_server.url + "/v1/completions",
-                     json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 2},
-                     headers={"authorization": f"Bearer {fake_server.keys['alpha']}"}).json()
+    raw = httpx.post(
+        fake_server.url + "/v1/completions",
+        json={"model": "tiny-gpt", "prompt": "x", "max_tokens": 2},
+        headers={"authorization": f"Bearer {fake_server.keys['alpha']}"},
+    ).json()
     assert isinstance(raw["usage"]["metering"]["cost"], str)
     record = fake_server.service.store.get_record(raw["usage"]["metering"]["record_id"])
     assert record is not None and isinstance(record.cost, Decimal)
@@ -136,8 +148,9 @@ def test_7_warmup_is_never_billed(fake_server: LiveServer) -> None:
 def test_8_every_record_is_recomputable(fake_server: LiveServer) -> None:
     """RU and cost recompute exactly from a record's own fields and the versions it names."""
     fake_server.client().completions.create(model="tiny-gpt", prompt="hello", max_tokens=4)
-    fake_server.client().completions.create(model="tiny-gpt", prompt="hi", max_tokens=3,
-                                            extra_body={"service_tier": "flex"})
+    fake_server.client().completions.create(
+        model="tiny-gpt", prompt="hi", max_tokens=3, extra_body={"service_tier": "flex"}
+    )
     for _, r in fake_server.service.store.list_records(fake_server.tenant_ids["alpha"]):
         assert r.ru_table_version == SEED_TABLE.version and r.price_plan_version == DEFAULT_PLAN.version
         assert r.cost_model_version and r.engine_id
@@ -162,9 +175,11 @@ def test_10_bad_input_costs_nothing(fake_server: LiveServer) -> None:
     """A refused request leaves no ledger entry and no reservation behind."""
     store = fake_server.service.store
     before = store.ledger_size()
-    resp = httpx.post(fake_server.url + "/v1/chat/completions",
-                      json={"model": "tiny-gpt", "messages": [{"role": "user", "content": "x" * 5000}]},
-                      headers={"authorization": f"Bearer {fake_server.keys['alpha']}"})
+    resp = httpx.post(
+        fake_server.url + "/v1/chat/completions",
+        json={"model": "tiny-gpt", "messages": [{"role": "user", "content": "x" * 5000}]},
+        headers={"authorization": f"Bearer {fake_server.keys['alpha']}"},
+    )
     assert resp.status_code == 400
     store.flush()
     assert store.ledger_size() == before

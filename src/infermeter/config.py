@@ -91,8 +91,10 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
     if settings.window_ms < 1:
         raise ConfigError(f"window_ms={settings.window_ms} must be >= 1 (100 is the default)")
     if settings.checkpoint_interval_s < 0:
-        raise ConfigError(f"checkpoint_interval_s={settings.checkpoint_interval_s} must be >= 0 "
-                          "(60 is the default; 0 signs checkpoints only on demand)")
+        raise ConfigError(
+            f"checkpoint_interval_s={settings.checkpoint_interval_s} must be >= 0 "
+            "(60 is the default; 0 signs checkpoints only on demand)"
+        )
     if settings.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"synchronous={settings.synchronous!r}; use NORMAL, FULL or EXTRA")
     return settings

@@ -25,8 +25,9 @@ def spend(live: LiveServer, tenant: str, n: int, tier: str = "default") -> list[
     client = live.client(tenant)
     ids = []
     for i in range(n):
-        resp = client.completions.create(model="tiny-gpt", prompt=f"p{i}", max_tokens=2 + i,
-                                         extra_body={"service_tier": tier})
+        resp = client.completions.create(
+            model="tiny-gpt", prompt=f"p{i}", max_tokens=2 + i, extra_body={"service_tier": tier}
+        )
         assert resp.usage is not None and resp.usage.model_extra is not None
         ids.append(resp.usage.model_extra["metering"]["record_id"])
     return ids
@@ -76,8 +77,9 @@ def test_overview_splits_device_time_and_lists_engines(fake_server: LiveServer) 
     assert engine["precision"] == "fp32" and engine["device"] == "cpu"
     used = engine["device_ms"]
     assert used["warmup"] > 0 and used["warmup"] == pytest.approx(engine["ledger_warmup_ms"])
-    billed = sum(float(r["device_ms"]) for r in
-                 get(fake_server, "/v1/usage", fake_server.keys["alpha"]).json()["data"])
+    billed = sum(
+        float(r["device_ms"]) for r in get(fake_server, "/v1/usage", fake_server.keys["alpha"]).json()["data"]
+    )
     assert used["billed"] == pytest.approx(billed)
     assert used["busy"] == pytest.approx(used["billed"] + used["warmup"] + used["unattributed"])
     assert ov["device_ms"]["billed"] == pytest.approx(used["billed"])
@@ -95,18 +97,19 @@ def test_admin_export_is_cloudevents_with_the_record_ids(fake_server: LiveServer
         assert event["source"] and event["time"].endswith("Z")
         assert event["subject"] == event["data"]["tenant_id"]
         assert UsageRecord.from_cloudevent(event).to_cloudevent() == event
-    beta = events(get(fake_server, "/v1/admin/export/usage.jsonl", fake_server.admin_key,
-                      tenant="beta"))
+    beta = events(get(fake_server, "/v1/admin/export/usage.jsonl", fake_server.admin_key, tenant="beta"))
     assert [e["id"] for e in beta] == ids[2:]
-    warm = events(get(fake_server, "/v1/admin/export/usage.jsonl", fake_server.admin_key,
-                      include_warmup="true"))
+    warm = events(
+        get(fake_server, "/v1/admin/export/usage.jsonl", fake_server.admin_key, include_warmup="true")
+    )
     assert [e["data"]["warmup"] for e in warm].count(True) == 1
     missing = get(fake_server, "/v1/admin/export/usage.jsonl", fake_server.admin_key, tenant="nope")
     assert missing.status_code == 404 and "nope" in missing.json()["error"]["message"]
 
 
-def test_export_pages_through_more_than_one_page(fake_server: LiveServer,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_pages_through_more_than_one_page(
+    fake_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The stream reads the ledger a page at a time without gaps or repeats."""
     monkeypatch.setattr(admin, "EXPORT_PAGE", 2)
     ids = spend(fake_server, "alpha", 5)
@@ -126,8 +129,9 @@ def test_tenant_export_holds_only_the_callers_records(fake_server: LiveServer) -
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "start"
 
 
-def test_recent_is_newest_first_and_own_only(fake_server: LiveServer,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_recent_is_newest_first_and_own_only(
+    fake_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """/v1/usage/recent gives the caller's newest records first, however sparse in the ledger."""
     a_ids = spend(fake_server, "alpha", 3)
     spend(fake_server, "beta", 6)

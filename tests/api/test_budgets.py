@@ -13,8 +13,12 @@ BODY = {"model": "tiny-gpt", "prompt": "hello", "max_tokens": 4}
 
 
 def call(live: LiveServer, tenant: str = "alpha") -> httpx.Response:
-    return httpx.post(live.url + "/v1/completions", json=BODY,
-                      headers={"authorization": f"Bearer {live.keys[tenant]}"}, timeout=60)
+    return httpx.post(
+        live.url + "/v1/completions",
+        json=BODY,
+        headers={"authorization": f"Bearer {live.keys[tenant]}"},
+        timeout=60,
+    )
 
 
 def test_over_budget_is_402_and_free(fake_server: LiveServer) -> None:

@@ -22,8 +22,9 @@ class SlowFake(FakeEngine):
         return super().step(inputs)
 
 
-def test_disconnect_mid_stream_bills_work_done(tmp_path: Path,
-                                               server_factory: Callable[..., LiveServer]) -> None:
+def test_disconnect_mid_stream_bills_work_done(
+    tmp_path: Path, server_factory: Callable[..., LiveServer]
+) -> None:
     """Reading three chunks then closing leaves a cancelled record with the tokens made so far."""
     live = server_factory(fake_service(tmp_path / "h", SlowFake()))
     headers = {"authorization": f"Bearer {live.keys['alpha']}"}
@@ -51,6 +52,10 @@ def test_disconnect_mid_stream_bills_work_done(tmp_path: Path,
     assert 0 < record.completion_tokens < 500
     assert record.device_us > 0 and record.cost > 0
     # the server keeps serving
-    ok = httpx.post(live.url + "/v1/completions", headers=headers,
-                    json={"model": "tiny-gpt", "prompt": "a", "max_tokens": 2}, timeout=30)
+    ok = httpx.post(
+        live.url + "/v1/completions",
+        headers=headers,
+        json={"model": "tiny-gpt", "prompt": "a", "max_tokens": 2},
+        timeout=30,
+    )
     assert ok.status_code == 200

@@ -10,8 +10,9 @@ from tests.conftest import LiveServer
 CHAT = "/v1/chat/completions"
 
 
-def post(live: LiveServer, body: object, *, key: str | None = "alpha", raw: bytes | None = None,
-         path: str = CHAT) -> httpx.Response:
+def post(
+    live: LiveServer, body: object, *, key: str | None = "alpha", raw: bytes | None = None, path: str = CHAT
+) -> httpx.Response:
     headers = {"content-type": "application/json"}
     if key is not None:
         headers["authorization"] = f"Bearer {live.keys[key]}"
@@ -19,8 +20,9 @@ def post(live: LiveServer, body: object, *, key: str | None = "alpha", raw: byte
     return httpx.post(live.url + path, content=content, headers=headers, timeout=30)
 
 
-def assert_error(resp: httpx.Response, status: int, *, param: str | None = None,
-                 mentions: tuple[str, ...] = ()) -> dict[str, object]:
+def assert_error(
+    resp: httpx.Response, status: int, *, param: str | None = None, mentions: tuple[str, ...] = ()
+) -> dict[str, object]:
     assert resp.status_code == status, resp.text
     err = resp.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
@@ -45,20 +47,31 @@ CASES = [
     ("max_tokens zero", {**GOOD, "max_tokens": 0}, 400, "max_tokens", ("max_tokens", "0")),
     ("max_tokens negative", {**GOOD, "max_tokens": -3}, 400, "max_tokens", ("-3",)),
     ("max_tokens over context", {**GOOD, "max_tokens": 5000}, 400, "max_tokens", ("5,000", "1,024")),
-    ("prompt too long", {**GOOD, "messages": [{"role": "user", "content": "x" * 3000}]}, 400,
-     "messages", ("tokens", "1,023")),
+    (
+        "prompt too long",
+        {**GOOD, "messages": [{"role": "user", "content": "x" * 3000}]},
+        400,
+        "messages",
+        ("tokens", "1,023"),
+    ),
     ("wrong type", {**GOOD, "max_tokens": "many"}, 400, "max_tokens", ("many",)),
     ("temperature out of range", {**GOOD, "temperature": 7}, 400, "temperature", ("temperature",)),
-    ("bad role", {**GOOD, "messages": [{"role": "wizard", "content": "x"}]}, 400,
-     "messages[0].role", ("wizard",)),
+    (
+        "bad role",
+        {**GOOD, "messages": [{"role": "wizard", "content": "x"}]},
+        400,
+        "messages[0].role",
+        ("wizard",),
+    ),
     ("bad service tier", {**GOOD, "service_tier": "platinum"}, 400, "service_tier", ("platinum",)),
     ("n > 1", {**GOOD, "n": 3}, 400, "n", ()),
 ]
 
 
 @pytest.mark.parametrize(("name", "body", "status", "param", "mentions"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_a_clear_4xx_and_free(fake_server: LiveServer, name: str, body: object,
-                                           status: int, param: str, mentions: tuple[str, ...]) -> None:
+def test_bad_input_is_a_clear_4xx_and_free(
+    fake_server: LiveServer, name: str, body: object, status: int, param: str, mentions: tuple[str, ...]
+) -> None:
     """Each kind of bad input: the right status, the field named, the limit named, no ledger entry."""
     before = ledger_size(fake_server)
     assert_error(post(fake_server, body), status, param=param, mentions=mentions)

@@ -19,7 +19,7 @@ import pytest
 
 from infermeter.app.service import Service
 from infermeter.config import load_settings
-from infermeter.runtime.build.testmodel import write_test_model
+from infermeter.runtime.compile.testmodel import write_test_model
 from tests.conftest import LiveServer, run_server
 
 PROMPT = [{"role": "user", "content": "Write about files and directories."}]
@@ -35,13 +35,18 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 
 def get(live: LiveServer, path: str, key: str | None = None, **params: Any) -> httpx.Response:
-    return httpx.get(live.url + path, params=params, timeout=30,
-                     headers={"authorization": f"Bearer {key or live.keys['alpha']}"})
+    return httpx.get(
+        live.url + path,
+        params=params,
+        timeout=30,
+        headers={"authorization": f"Bearer {key or live.keys['alpha']}"},
+    )
 
 
 def chat(live: LiveServer, tier: str, model: str = "tiny-gpt", **kw: Any) -> dict[str, Any]:
     resp = live.client().chat.completions.create(
-        model=model, messages=PROMPT, max_tokens=12, temperature=0, service_tier=tier, **kw)
+        model=model, messages=PROMPT, max_tokens=12, temperature=0, service_tier=tier, **kw
+    )
     assert resp.service_tier == tier
     assert resp.usage is not None and resp.usage.model_extra is not None
     metering: dict[str, Any] = resp.usage.model_extra["metering"]
@@ -57,8 +62,7 @@ def test_both_engines_of_both_models_are_served(live: LiveServer) -> None:
     models = {m.id for m in live.client().models.list().data}
     assert models >= {"tiny-gpt", "tiny-user"}
     kinds = sorted((e.model, e.precision.value) for e in live.service.engine_infos())
-    assert kinds == [("tiny-gpt", "fp32"), ("tiny-gpt", "int8"),
-                     ("tiny-user", "fp32"), ("tiny-user", "int8")]
+    assert kinds == [("tiny-gpt", "fp32"), ("tiny-gpt", "int8"), ("tiny-user", "fp32"), ("tiny-user", "int8")]
 
 
 def test_flex_runs_on_int8_and_costs_less_than_default(live: LiveServer) -> None:
@@ -100,10 +104,15 @@ def test_an_over_long_prompt_is_refused_with_the_limit_named(
     before = refusals(live, "context_length_exceeded")
     records = len(get(live, "/v1/usage/records", limit=500).json()["data"])
     resp = httpx.post(
-        live.url + "/v1/chat/completions", timeout=30,
+        live.url + "/v1/chat/completions",
+        timeout=30,
         headers={"authorization": f"Bearer {live.keys['alpha']}"},
-        json={"model": model, "service_tier": "flex", "max_tokens": 4,
-              "messages": [{"role": "user", "content": "word " * 600}]},
+        json={
+            "model": model,
+            "service_tier": "flex",
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "word " * 600}],
+        },
     )
     assert resp.status_code == 400
     error = resp.json()["error"]
@@ -126,8 +135,7 @@ def test_warm_up_is_overhead_on_no_invoice(live: LiveServer) -> None:
     overview = get(live, "/v1/admin/overview", key=live.admin_key).json()
     engines = {e["engine_id"]: e for e in overview["engines"]}
     assert set(engines) == set(infos)
-    assert all(e["ledger_warmup_ms"] > 0 and e["device_ms"]["warmup"] > 0
-               for e in engines.values())
+    assert all(e["ledger_warmup_ms"] > 0 and e["device_ms"]["warmup"] > 0 for e in engines.values())
     records = get(live, "/v1/usage/records", limit=500).json()["data"]
     assert records and not any(r["warmup"] for r in records)
     period = datetime.now(UTC).strftime("%Y-%m")

@@ -18,8 +18,9 @@ from infermeter.billing.signing import keys_from_document
 from tests.conftest import LiveServer
 
 
-def call(live: LiveServer, method: str, path: str, key: str | None = "alpha",
-         **kwargs: Any) -> httpx.Response:
+def call(
+    live: LiveServer, method: str, path: str, key: str | None = "alpha", **kwargs: Any
+) -> httpx.Response:
     secret = live.admin_key if key == "admin" else live.keys[key] if key else None
     headers = {"authorization": f"Bearer {secret}"} if secret else {}
     return httpx.request(method, live.url + path, headers=headers, timeout=30, **kwargs)
@@ -27,16 +28,21 @@ def call(live: LiveServer, method: str, path: str, key: str | None = "alpha",
 
 def spend(live: LiveServer, tenant: str = "alpha", n: int = 1) -> list[str]:
     client = live.client(tenant)
-    return [client.completions.create(model="tiny-gpt", prompt=f"p{i}", max_tokens=2 + i)
-            .usage.model_extra["metering"]["record_id"] for i in range(n)]
+    return [
+        client.completions.create(model="tiny-gpt", prompt=f"p{i}", max_tokens=2 + i).usage.model_extra[
+            "metering"
+        ]["record_id"]
+        for i in range(n)
+    ]
 
 
 def public_keys(live: LiveServer) -> dict[str, bytes]:
     return keys_from_document(call(live, "GET", "/v1/ledger/key", key=None).json())
 
 
-def test_a_saved_receipt_verifies_offline_with_only_the_public_key(fake_server: LiveServer,
-                                                                    tmp_path: Path) -> None:
+def test_a_saved_receipt_verifies_offline_with_only_the_public_key(
+    fake_server: LiveServer, tmp_path: Path
+) -> None:
     """Save a receipt and the key document to files; verify from the files alone."""
     (record_id,) = spend(fake_server)
     resp = call(fake_server, "GET", f"/v1/receipts/{record_id}")
@@ -78,13 +84,22 @@ def test_consistency_between_two_checkpoints_verifies(fake_server: LiveServer) -
     spend(fake_server, n=3)
     second = call(fake_server, "POST", "/v1/admin/checkpoints", key="admin").json()
     assert first["created"] and second["created"] and second["tree_size"] == first["tree_size"] + 3
-    resp = call(fake_server, "GET", "/v1/ledger/consistency",
-                params={"first": first["tree_size"], "second": second["tree_size"]}).json()
+    resp = call(
+        fake_server,
+        "GET",
+        "/v1/ledger/consistency",
+        params={"first": first["tree_size"], "second": second["tree_size"]},
+    ).json()
     keys = public_keys(fake_server)
     older, newer = Checkpoint.from_json(resp["first"]), Checkpoint.from_json(resp["second"])
     assert signature_problem(older, keys) is None and signature_problem(newer, keys) is None
-    assert verify_consistency(older.tree_size, newer.tree_size, bytes.fromhex(older.root_hash),
-                              bytes.fromhex(newer.root_hash), [bytes.fromhex(p) for p in resp["proof"]])
+    assert verify_consistency(
+        older.tree_size,
+        newer.tree_size,
+        bytes.fromhex(older.root_hash),
+        bytes.fromhex(newer.root_hash),
+        [bytes.fromhex(p) for p in resp["proof"]],
+    )
     listed = call(fake_server, "GET", "/v1/ledger/checkpoints", params={"limit": 1}).json()
     assert listed["has_more"] and len(listed["data"]) == 1
     rest = call(fake_server, "GET", "/v1/ledger/checkpoints", params={"after": listed["next_after"]}).json()
@@ -97,8 +112,9 @@ def test_consistency_needs_two_checkpointed_sizes(fake_server: LiveServer) -> No
     spend(fake_server)
     cp = call(fake_server, "POST", "/v1/admin/checkpoints", key="admin").json()
     size = cp["tree_size"]
-    missing = call(fake_server, "GET", "/v1/ledger/consistency",
-                   params={"first": size + 5, "second": size + 5})
+    missing = call(
+        fake_server, "GET", "/v1/ledger/consistency", params={"first": size + 5, "second": size + 5}
+    )
     assert missing.status_code == 404 and str(size + 5) in missing.json()["error"]["message"]
     backwards = call(fake_server, "GET", "/v1/ledger/consistency", params={"first": size, "second": 0})
     assert backwards.status_code == 400
@@ -126,8 +142,13 @@ def test_a_credit_changes_the_invoice_while_the_original_stays(fake_server: Live
     original = call(fake_server, "GET", f"/v1/usage/records/{ids[1]}").json()
     before = call(fake_server, "GET", f"/v1/invoices/{period}").json()
     amount = Decimal(original["cost"]) / 2
-    resp = call(fake_server, "POST", "/v1/admin/corrections", key="admin",
-                json={"record_id": ids[1], "kind": "credit", "amount": str(amount), "reason": "slow replies"})
+    resp = call(
+        fake_server,
+        "POST",
+        "/v1/admin/corrections",
+        key="admin",
+        json={"record_id": ids[1], "kind": "credit", "amount": str(amount), "reason": "slow replies"},
+    )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["corrects"] == ids[1]
@@ -147,16 +168,35 @@ def test_corrections_are_checked_and_admin_only(fake_server: LiveServer) -> None
     """Over-crediting names the amounts (400); floats are refused; tenants get 403."""
     (record_id,) = spend(fake_server)
     cost = call(fake_server, "GET", f"/v1/usage/records/{record_id}").json()["cost"]
-    over = call(fake_server, "POST", "/v1/admin/corrections", key="admin",
-                json={"record_id": record_id, "kind": "credit", "amount": "1000", "reason": "x"})
+    over = call(
+        fake_server,
+        "POST",
+        "/v1/admin/corrections",
+        key="admin",
+        json={"record_id": record_id, "kind": "credit", "amount": "1000", "reason": "x"},
+    )
     assert over.status_code == 400 and cost in over.json()["error"]["message"]
-    floats = call(fake_server, "POST", "/v1/admin/corrections", key="admin",
-                  json={"record_id": record_id, "kind": "credit", "amount": 0.5, "reason": "x"})
+    floats = call(
+        fake_server,
+        "POST",
+        "/v1/admin/corrections",
+        key="admin",
+        json={"record_id": record_id, "kind": "credit", "amount": 0.5, "reason": "x"},
+    )
     assert floats.status_code == 400 and floats.json()["error"]["param"] == "amount"
-    tenant = call(fake_server, "POST", "/v1/admin/corrections",
-                  json={"record_id": record_id, "kind": "reversal", "reason": "x"})
+    tenant = call(
+        fake_server,
+        "POST",
+        "/v1/admin/corrections",
+        json={"record_id": record_id, "kind": "reversal", "reason": "x"},
+    )
     assert tenant.status_code == 403
     assert call(fake_server, "POST", "/v1/admin/checkpoints").status_code == 403
-    reversed_ = call(fake_server, "POST", "/v1/admin/corrections", key="admin",
-                     json={"record_id": record_id, "kind": "reversal", "reason": "duplicate"})
+    reversed_ = call(
+        fake_server,
+        "POST",
+        "/v1/admin/corrections",
+        key="admin",
+        json={"record_id": record_id, "kind": "reversal", "reason": "duplicate"},
+    )
     assert reversed_.status_code == 200 and reversed_.json()["remaining"]["cost"] == "0"

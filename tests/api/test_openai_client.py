@@ -21,12 +21,22 @@ def test_chat_completion_carries_metering(fake_server: LiveServer) -> None:
     """A chat completion's usage has token counts and a metering block with a decimal cost."""
     client = fake_server.client()
     resp = client.chat.completions.create(
-        model="tiny-gpt", messages=[{"role": "user", "content": "hello"}], max_tokens=5)
+        model="tiny-gpt", messages=[{"role": "user", "content": "hello"}], max_tokens=5
+    )
     assert resp.choices[0].finish_reason == "length"
     assert resp.usage is not None and resp.usage.completion_tokens == 5
     m = _metering(resp.usage)
-    assert set(m) >= {"record_id", "device", "engine_id", "precision", "service_tier",
-                      "device_ms", "ru", "cost", "currency"}
+    assert set(m) >= {
+        "record_id",
+        "device",
+        "engine_id",
+        "precision",
+        "service_tier",
+        "device_ms",
+        "ru",
+        "cost",
+        "currency",
+    }
     assert m["service_tier"] == "default" and resp.service_tier == "default"
     assert isinstance(m["cost"], str) and Decimal(m["cost"]) > 0
     assert m["device_ms"] > 0
@@ -43,8 +53,12 @@ def test_completion_endpoint(fake_server: LiveServer) -> None:
 def test_streaming_with_include_usage(fake_server: LiveServer) -> None:
     """A stream yields content deltas, then a final usage chunk with metering, then ends."""
     stream = fake_server.client().chat.completions.create(
-        model="tiny-gpt", messages=[{"role": "user", "content": "abc"}], max_tokens=4,
-        stream=True, stream_options={"include_usage": True})
+        model="tiny-gpt",
+        messages=[{"role": "user", "content": "abc"}],
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len(text) == 4
@@ -56,8 +70,7 @@ def test_streaming_with_include_usage(fake_server: LiveServer) -> None:
 
 def test_streaming_without_usage_has_no_usage_chunk(fake_server: LiveServer) -> None:
     """Without include_usage no chunk carries usage, as in OpenAI's API."""
-    stream = fake_server.client().completions.create(model="tiny-gpt", prompt="a", max_tokens=2,
-                                                     stream=True)
+    stream = fake_server.client().completions.create(model="tiny-gpt", prompt="a", max_tokens=2, stream=True)
     chunks = list(stream)
     assert all(c.usage is None for c in chunks)
     assert "".join(c.choices[0].text for c in chunks) == "bc"
@@ -66,8 +79,7 @@ def test_streaming_without_usage_has_no_usage_chunk(fake_server: LiveServer) -> 
 def test_flex_tier_is_echoed_and_cheaper_per_ru(fake_server: LiveServer) -> None:
     """service_tier=flex runs and is echoed; its price per RU is below default's."""
     client = fake_server.client()
-    args = {"model": "tiny-gpt", "messages": [{"role": "user", "content": "same prompt"}],
-            "max_tokens": 6}
+    args = {"model": "tiny-gpt", "messages": [{"role": "user", "content": "same prompt"}], "max_tokens": 6}
     flex = client.chat.completions.create(service_tier="flex", **args)
     default = client.chat.completions.create(**args)
     assert flex.service_tier == "flex"
@@ -95,13 +107,22 @@ def test_builtin_model_end_to_end(ort_server: LiveServer) -> None:
     """The real built-in model on ONNX Runtime: chat, streaming and metering with real device time."""
     client = ort_server.client()
     resp = client.chat.completions.create(
-        model="tiny-gpt", messages=[{"role": "user", "content": "Tell me about files."}],
-        max_tokens=8, temperature=0)
+        model="tiny-gpt",
+        messages=[{"role": "user", "content": "Tell me about files."}],
+        max_tokens=8,
+        temperature=0,
+    )
     m = _metering(resp.usage)
     assert m["engine_id"] and m["precision"] in ("fp32", "int8") and m["device"] == "cpu"
     assert resp.usage is not None and resp.usage.completion_tokens <= 8
     assert float(str(m["device_ms"])) > 0
-    stream = client.completions.create(model="tiny-gpt", prompt="The", max_tokens=5, stream=True,
-                                       stream_options={"include_usage": True}, temperature=0)
+    stream = client.completions.create(
+        model="tiny-gpt",
+        prompt="The",
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=0,
+    )
     chunks = list(stream)
     assert _metering(chunks[-1].usage)["record_id"]

@@ -16,7 +16,8 @@ def test_stop_string_ends_generation(fake_server: LiveServer) -> None:
 def test_stop_spanning_tokens_is_not_streamed(fake_server: LiveServer) -> None:
     """A stop string split over two tokens never reaches the client, even in part."""
     stream = fake_server.client().completions.create(
-        model="tiny-gpt", prompt="a", max_tokens=20, stop=["xyz", "ef"], stream=True)
+        model="tiny-gpt", prompt="a", max_tokens=20, stop=["xyz", "ef"], stream=True
+    )
     text = "".join(c.choices[0].text for c in stream if c.choices)
     assert text == "bcd"
 

@@ -11,16 +11,18 @@ from tests.conftest import LiveServer
 
 
 def get(live: LiveServer, path: str, tenant: str = "alpha", **params: object) -> httpx.Response:
-    return httpx.get(live.url + path, params=params,
-                     headers={"authorization": f"Bearer {live.keys[tenant]}"}, timeout=30)
+    return httpx.get(
+        live.url + path, params=params, headers={"authorization": f"Bearer {live.keys[tenant]}"}, timeout=30
+    )
 
 
 def spend(live: LiveServer, tenant: str, n: int, tier: str = "default") -> list[str]:
     client = live.client(tenant)
     ids = []
     for i in range(n):
-        resp = client.completions.create(model="tiny-gpt", prompt=f"p{i}", max_tokens=2 + i,
-                                         extra_body={"service_tier": tier})
+        resp = client.completions.create(
+            model="tiny-gpt", prompt=f"p{i}", max_tokens=2 + i, extra_body={"service_tier": tier}
+        )
         ids.append(resp.usage.model_extra["metering"]["record_id"])  # type: ignore[union-attr]
     return ids
 
@@ -36,8 +38,10 @@ def test_two_tenants_see_only_their_own_usage(fake_server: LiveServer) -> None:
     a_list = {r["record_id"] for r in get(fake_server, "/v1/usage/records").json()["data"]}
     assert a_list == set(a_ids)
     assert get(fake_server, f"/v1/usage/records/{b_ids[0]}").status_code == 404
-    assert get(fake_server, f"/v1/usage/records/{a_ids[0]}").json()["tenant_id"] == \
-        fake_server.tenant_ids["alpha"]
+    assert (
+        get(fake_server, f"/v1/usage/records/{a_ids[0]}").json()["tenant_id"]
+        == fake_server.tenant_ids["alpha"]
+    )
 
 
 def test_group_by_tier_and_model(fake_server: LiveServer) -> None:

@@ -15,9 +15,9 @@ from infermeter.config import Settings, load_settings
 from infermeter.core.errors import StaleEngine
 from infermeter.core.timing import NullTimer
 from infermeter.core.types import Precision
-from infermeter.runtime.build.builder import build_engine
-from infermeter.runtime.build.metadata import BuildArgs
-from infermeter.runtime.build.testmodel import write_test_model
+from infermeter.runtime.compile.builder import build_engine
+from infermeter.runtime.compile.metadata import BuildArgs
+from infermeter.runtime.compile.testmodel import write_test_model
 from infermeter.runtime.engine_store import EngineStore, file_sha256
 from infermeter.runtime.tokenizer import ByteTokenizer, HFTokenizer
 
@@ -88,8 +88,7 @@ def test_no_int8_serves_fp32_only(tmp_path: Path) -> None:
     assert [k.split("-")[3] for k in served] == ["fp32"]
 
 
-def test_a_user_model_directory_is_served_with_its_own_tokenizer(home: Path,
-                                                                 tmp_path: Path) -> None:
+def test_a_user_model_directory_is_served_with_its_own_tokenizer(home: Path, tmp_path: Path) -> None:
     """--model-dir adds the user model's FP32 and INT8 engines, with its tokenizers tokenizer."""
     model = write_test_model(tmp_path / "model")
     served = engine_ids(copy_of(home, tmp_path), model_dir=str(model))
@@ -104,14 +103,16 @@ def test_engines_built_by_hand_are_served_from_the_index(home: Path, tmp_path: P
     h = copy_of(home, tmp_path)
     model = write_test_model(tmp_path / "model", name="other-model")
     store = EngineStore(h)
-    built = build_engine(BuildArgs(str(model), "onnxruntime", Precision.FP16, 4, 128), store,
-                         models_dir=h / "models")
+    built = build_engine(
+        BuildArgs(str(model), "onnxruntime", Precision.FP16, 4, 128), store, models_dir=h / "models"
+    )
     store.close()
     assert built.engine_id in engine_ids(h)
 
 
-def test_a_tampered_default_engine_is_rebuilt(home: Path, tmp_path: Path,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_a_tampered_default_engine_is_rebuilt(
+    home: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A changed built-in artifact is refused and rebuilt at start, with a warning."""
     h = copy_of(home, tmp_path)
     store = EngineStore(h)
@@ -132,8 +133,9 @@ def test_a_stale_extra_engine_is_skipped_naming_its_rebuild(
     h = copy_of(home, tmp_path)
     model = write_test_model(tmp_path / "model", name="other-model")
     store = EngineStore(h)
-    built = build_engine(BuildArgs(str(model), "onnxruntime", Precision.FP32, 4, 128), store,
-                         models_dir=h / "models")
+    built = build_engine(
+        BuildArgs(str(model), "onnxruntime", Precision.FP32, 4, 128), store, models_dir=h / "models"
+    )
     (store.path(built) / "model.onnx").write_bytes(b"x")
     assert engine_status(store, built).startswith("stale: ")
     store.close()
@@ -150,9 +152,16 @@ def test_a_foreign_engine_is_reported_not_served(home: Path, tmp_path: Path) -> 
     fp32 = next(r for r in store.list() if r.precision == Precision.FP32)
     staging = store.staging()
     (staging / "model.plan").write_bytes(b"plan bytes")
-    plan = replace(fp32, backend="tensorrt", runtime="tensorrt", artifact="model.plan",
-                   device="cuda", engine_id="tiny-gpt-tensorrt-fp16-cuda-0",
-                   precision=Precision.FP16, sha256=file_sha256([staging / "model.plan"]))
+    plan = replace(
+        fp32,
+        backend="tensorrt",
+        runtime="tensorrt",
+        artifact="model.plan",
+        device="cuda",
+        engine_id="tiny-gpt-tensorrt-fp16-cuda-0",
+        precision=Precision.FP16,
+        sha256=file_sha256([staging / "model.plan"]),
+    )
     store.put(staging, plan)
     status = engine_status(store, plan)
     store.close()
@@ -163,8 +172,9 @@ def test_a_foreign_engine_is_reported_not_served(home: Path, tmp_path: Path) -> 
         assert status != "ok"
 
 
-def test_stale_default_engine_errors_are_raised_not_hidden(home: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stale_default_engine_errors_are_raised_not_hidden(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """If a default engine cannot load even after building, serve fails with the reason."""
     import infermeter.app.engines as engines
 

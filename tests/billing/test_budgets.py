@@ -217,8 +217,9 @@ def test_a_limit_changed_elsewhere_applies_after_the_ttl() -> None:
     """A budget set by another process (the CLI) is picked up within limit_ttl_s, not only at restart."""
     limits = {"t": Decimal("10")}
     now = [0.0]
-    budgets = Budgets(spent_of=lambda _: Decimal(0), limit_of=lambda t: limits[t], limit_ttl_s=5.0,
-                      clock=lambda: now[0])
+    budgets = Budgets(
+        spent_of=lambda _: Decimal(0), limit_of=lambda t: limits[t], limit_ttl_s=5.0, clock=lambda: now[0]
+    )
     budgets.reserve("t", "r1", Decimal("1"))
     limits["t"] = Decimal("0")
     now[0] = 1.0

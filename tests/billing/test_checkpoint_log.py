@@ -54,7 +54,8 @@ def test_a_checkpoint_signs_the_ledgers_merkle_root(store: SqliteStore, log: Che
 
 
 def test_an_unchanged_ledger_gets_no_new_checkpoint_until_the_key_changes(
-        store: SqliteStore, log: CheckpointLog) -> None:
+    store: SqliteStore, log: CheckpointLog
+) -> None:
     """Asking again without growth returns the same checkpoint; after a rotation, a new one."""
     store.append([make_record(0)])
     first, _ = log.checkpoint()
@@ -106,8 +107,11 @@ def test_entries_are_found_by_record_or_request_id(store: SqliteStore, log: Chec
 def test_no_checkpoint_is_signed_over_a_changed_payload(store: SqliteStore, log: CheckpointLog) -> None:
     """A payload that no longer matches its leaf hash stops the log, naming the entry."""
     store.append([make_record(i) for i in range(4)])
-    edit(store.path, "UPDATE ledger SET payload = replace(payload, '\"prompt_tokens\":12', "
-         "'\"prompt_tokens\":13') WHERE seq = 2")
+    edit(
+        store.path,
+        "UPDATE ledger SET payload = replace(payload, '\"prompt_tokens\":12', "
+        "'\"prompt_tokens\":13') WHERE seq = 2",
+    )
     with pytest.raises(LedgerIntegrityError, match=r"entry 2 \(rec_t000002\)"):
         log.checkpoint()
 
@@ -121,8 +125,12 @@ def test_no_checkpoint_is_signed_over_a_rewritten_history(store: SqliteStore, tm
     first.close()
     (payload,) = sqlite3.connect(store.path).execute("SELECT payload FROM ledger WHERE seq = 1").fetchone()
     forged = payload.replace('"prompt_tokens":11', '"prompt_tokens":1')
-    edit(store.path, "UPDATE ledger SET payload = ?, leaf_hash = ? WHERE seq = 1",
-         forged, leaf_hash(forged.encode()).hex())  # the row is self-consistent again
+    edit(
+        store.path,
+        "UPDATE ledger SET payload = ?, leaf_hash = ? WHERE seq = 1",
+        forged,
+        leaf_hash(forged.encode()).hex(),
+    )  # the row is self-consistent again
     fresh = CheckpointLog(store.path, keys)
     with pytest.raises(LedgerIntegrityError, match="no longer matches checkpoint 1"):
         fresh.checkpoint()

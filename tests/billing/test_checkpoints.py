@@ -44,9 +44,14 @@ def test_body_is_canonical_json_of_the_signed_fields(keys: LedgerKeys) -> None:
     """The signed bytes are sorted, spaceless JSON of format, origin, size, root, time and key."""
     cp = signed(keys, 5)
     body = json.loads(cp.body())
-    assert body == {"format": "infermeter.checkpoint.v1", "origin": ORIGIN, "tree_size": 5,
-                    "root_hash": merkle_root(LEAVES[:5]).hex(), "timestamp": "2026-11-03T12:00:00.000000Z",
-                    "key_id": keys.active_id()}
+    assert body == {
+        "format": "infermeter.checkpoint.v1",
+        "origin": ORIGIN,
+        "tree_size": 5,
+        "root_hash": merkle_root(LEAVES[:5]).hex(),
+        "timestamp": "2026-11-03T12:00:00.000000Z",
+        "key_id": keys.active_id(),
+    }
     assert cp.body() == checkpoint_body(ORIGIN, 5, cp.root_hash, cp.timestamp, cp.key_id)
     assert b" " not in cp.body()
 
@@ -59,10 +64,13 @@ def test_a_signed_checkpoint_verifies_and_round_trips(keys: LedgerKeys) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(field=st.sampled_from(["origin", "tree_size", "root_hash", "timestamp", "key_id", "signature"]),
-       data=st.data())
-def test_any_changed_field_breaks_the_signature(tmp_path_factory: pytest.TempPathFactory, field: str,
-                                                data: st.DataObject) -> None:
+@given(
+    field=st.sampled_from(["origin", "tree_size", "root_hash", "timestamp", "key_id", "signature"]),
+    data=st.data(),
+)
+def test_any_changed_field_breaks_the_signature(
+    tmp_path_factory: pytest.TempPathFactory, field: str, data: st.DataObject
+) -> None:
     """Changing any signed field, or the signature, makes the checkpoint invalid."""
     keys = LedgerKeys(tmp_path_factory.mktemp("k") / "keys")
     cp = signed(keys, 9)
@@ -115,15 +123,17 @@ def test_a_changed_history_is_narrowed_to_a_range(keys: LedgerKeys) -> None:
 
 def test_another_logs_checkpoint_is_refused(keys: LedgerKeys) -> None:
     """A validly signed checkpoint of another origin is not accepted for this log."""
-    report = verify_checkpoints([signed(keys, 5)], 20, lambda n: merkle_root(LEAVES[:n]),
-                                keys.public_keys(), "infermeter/other")
+    report = verify_checkpoints(
+        [signed(keys, 5)], 20, lambda n: merkle_root(LEAVES[:n]), keys.public_keys(), "infermeter/other"
+    )
     assert not report.ok and "not this log" in report.message
 
 
 def test_from_json_names_the_bad_field() -> None:
     """Parsing a malformed checkpoint names the field that is wrong."""
     with pytest.raises(ValueError, match="tree_size"):
-        Checkpoint.from_json({"origin": "o", "tree_size": "5", "root_hash": "", "timestamp": "",
-                              "key_id": "", "signature": ""})
+        Checkpoint.from_json(
+            {"origin": "o", "tree_size": "5", "root_hash": "", "timestamp": "", "key_id": "", "signature": ""}
+        )
     with pytest.raises(ValueError, match="format"):
         Checkpoint.from_json({"format": "other"})

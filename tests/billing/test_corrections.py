@@ -38,8 +38,9 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
         yield s
 
 
-def correct(store: SqliteStore, kind: str, amount: str | None = None,
-            record: str = "rec_t000000") -> Correction:
+def correct(
+    store: SqliteStore, kind: str, amount: str | None = None, record: str = "rec_t000000"
+) -> Correction:
     return issue_correction(store, record, kind, "customer complaint", amount, clock=lambda: LATER)
 
 
@@ -150,8 +151,11 @@ def test_concurrent_credits_never_over_credit(store: SqliteStore) -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(steps=st.lists(st.one_of(st.just(None), st.decimals(min_value=Decimal("0.01"), max_value=2, places=2)),
-                      max_size=8))
+@given(
+    steps=st.lists(
+        st.one_of(st.just(None), st.decimals(min_value=Decimal("0.01"), max_value=2, places=2)), max_size=8
+    )
+)
 def test_the_remainder_never_goes_below_zero(steps: list[Decimal | None]) -> None:
     """Any series of credits (amounts) and reversals (None): accepted ones never exceed the cost."""
     original = make_record(0, cost=COST, ru_micros=5_000_000)

@@ -69,7 +69,8 @@ MUTATIONS = {
     "cost": lambda r: r["entry"]["event"]["data"].__setitem__("cost", "0"),
     "tenant": lambda r: r["entry"]["event"]["data"].__setitem__("tenant_id", "ten_other"),
     "tokens": lambda r: r["entry"]["event"]["data"].__setitem__(
-        "completion_tokens", r["entry"]["event"]["data"]["completion_tokens"] + 1),
+        "completion_tokens", r["entry"]["event"]["data"]["completion_tokens"] + 1
+    ),
     "time": lambda r: r["entry"]["event"].__setitem__("time", "2020-01-01T00:00:00.000000Z"),
     "kind": lambda r: r["entry"].__setitem__("kind", "credit"),
     "seq": lambda r: r["entry"].__setitem__("seq", r["entry"]["seq"] + 1),
@@ -87,8 +88,7 @@ MUTATIONS = {
 
 @settings(max_examples=120, deadline=None)
 @given(index=st.integers(min_value=0, max_value=N - 1), mutation=st.sampled_from(sorted(MUTATIONS)))
-def test_any_change_to_a_receipt_is_rejected(signed: Signed,
-                                             index: int, mutation: str) -> None:
+def test_any_change_to_a_receipt_is_rejected(signed: Signed, index: int, mutation: str) -> None:
     """Changing the record, its position, the proof, or the checkpoint makes the receipt invalid."""
     receipts, keys = signed
     receipt = copy.deepcopy(receipts[index])
@@ -107,8 +107,7 @@ def test_a_changed_record_is_reported_as_such(signed: Signed) -> None:
     assert "record was changed" in verify_receipt(receipt, keys).message
 
 
-def test_the_wrong_key_is_rejected(signed: Signed,
-                                   tmp_path: Path) -> None:
+def test_the_wrong_key_is_rejected(signed: Signed, tmp_path: Path) -> None:
     """Another log's key, or the right id with another key, does not verify a receipt."""
     receipts, keys = signed
     other = LedgerKeys(tmp_path / "other").public_keys()
@@ -118,12 +117,14 @@ def test_the_wrong_key_is_rejected(signed: Signed,
 
 
 @settings(max_examples=60, deadline=None)
-@given(junk=st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
-    max_leaves=10))
-def test_malformed_documents_get_a_verdict_not_a_crash(
-        signed: Signed, junk: object) -> None:
+@given(
+    junk=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+        max_leaves=10,
+    )
+)
+def test_malformed_documents_get_a_verdict_not_a_crash(signed: Signed, junk: object) -> None:
     """Whatever JSON is passed, or put in place of a receipt's parts, the verifier says no."""
     receipts, keys = signed
     assert not verify_receipt(junk, keys).ok
@@ -137,13 +138,18 @@ def test_malformed_documents_get_a_verdict_not_a_crash(
 _odd_text = st.text(min_size=1, max_size=12)
 _odd_records = records(unusual=False) | st.builds(
     lambda i, t, m, r: make_record(i, tenant_id=t, model=m, reason=r, kind="credit", corrects=t),
-    st.integers(0, 10**6), _odd_text, _odd_text, _odd_text)
+    st.integers(0, 10**6),
+    _odd_text,
+    _odd_text,
+    _odd_text,
+)
 
 
 @settings(max_examples=40, deadline=None)
 @given(record=_odd_records)
-def test_unusual_records_get_receipts_that_verify(tmp_path_factory: pytest.TempPathFactory,
-                                                  record: UsageRecord) -> None:
+def test_unusual_records_get_receipts_that_verify(
+    tmp_path_factory: pytest.TempPathFactory, record: UsageRecord
+) -> None:
     """Any text (quotes, escapes, non-ASCII), odd decimals and zones re-encode to the hashed bytes."""
     home = tmp_path_factory.mktemp("odd")
     with SqliteStore(home / "im.db") as store:

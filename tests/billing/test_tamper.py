@@ -191,8 +191,9 @@ def signed_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     return path, keys
 
 
-def signed_tampered(signed: tuple[Path, Path],
-                    edit: Callable[[sqlite3.Connection], object]) -> tuple[VerifyReport, CheckpointReport]:
+def signed_tampered(
+    signed: tuple[Path, Path], edit: Callable[[sqlite3.Connection], object]
+) -> tuple[VerifyReport, CheckpointReport]:
     """Copy the signed ledger, edit it with the triggers dropped, verify chain and checkpoints."""
     template, keys = signed
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,22 +216,29 @@ def signed_tampered(signed: tuple[Path, Path],
 
 def rechain(db: sqlite3.Connection, from_seq: int) -> None:
     """Recompute every leaf and entry hash from ``from_seq`` on, and the head: a clean forgery."""
-    prev = GENESIS_HASH if from_seq == 0 else bytes.fromhex(
-        db.execute("SELECT entry_hash FROM ledger WHERE seq = ?", (from_seq - 1,)).fetchone()[0])
+    prev = (
+        GENESIS_HASH
+        if from_seq == 0
+        else bytes.fromhex(
+            db.execute("SELECT entry_hash FROM ledger WHERE seq = ?", (from_seq - 1,)).fetchone()[0]
+        )
+    )
     rows = db.execute("SELECT seq, payload FROM ledger WHERE seq >= ? ORDER BY seq", (from_seq,)).fetchall()
     for seq, payload in rows:
         leaf = leaf_hash(payload.encode())
         prev = chain_hash(prev, leaf)
-        db.execute("UPDATE ledger SET leaf_hash = ?, entry_hash = ? WHERE seq = ?",
-                   (leaf.hex(), prev.hex(), seq))
+        db.execute(
+            "UPDATE ledger SET leaf_hash = ?, entry_hash = ? WHERE seq = ?", (leaf.hex(), prev.hex(), seq)
+        )
     size = db.execute("SELECT COUNT(*) FROM ledger").fetchone()[0]
     db.execute("UPDATE ledger_head SET size = ?, head = ?", (size, prev.hex()))
 
 
 @settings(max_examples=20, deadline=None)
 @given(k=st.integers(min_value=1, max_value=N - 1))
-def test_a_truncated_tail_is_caught_by_the_latest_checkpoint(signed_template: tuple[Path, Path],
-                                                            k: int) -> None:
+def test_a_truncated_tail_is_caught_by_the_latest_checkpoint(
+    signed_template: tuple[Path, Path], k: int
+) -> None:
     """Entries k.. removed and the head row rewritten: the chain passes, the checkpoint names k."""
 
     def edit(db: sqlite3.Connection) -> None:
@@ -247,8 +255,9 @@ def test_a_truncated_tail_is_caught_by_the_latest_checkpoint(signed_template: tu
 
 @settings(max_examples=20, deadline=None)
 @given(k=st.integers(min_value=0, max_value=N - 1), resign_root=st.booleans())
-def test_a_rewritten_history_is_caught_by_the_signed_root(signed_template: tuple[Path, Path], k: int,
-                                                          resign_root: bool) -> None:
+def test_a_rewritten_history_is_caught_by_the_signed_root(
+    signed_template: tuple[Path, Path], k: int, resign_root: bool
+) -> None:
     """Entry k changed and every later hash recomputed: the chain passes, the checkpoints do not.
 
     Rewriting the checkpoints' roots to match as well breaks their signatures instead.
@@ -258,14 +267,17 @@ def test_a_rewritten_history_is_caught_by_the_signed_root(signed_template: tuple
         (payload,) = db.execute("SELECT payload FROM ledger WHERE seq = ?", (k,)).fetchone()
         entry = json.loads(payload)
         entry["event"]["data"]["cost"] = "0"
-        db.execute("UPDATE ledger SET payload = ?, cost = '0' WHERE seq = ?",
-                   (canonical_json(entry).decode(), k))
+        db.execute(
+            "UPDATE ledger SET payload = ?, cost = '0' WHERE seq = ?", (canonical_json(entry).decode(), k)
+        )
         rechain(db, k)
         if resign_root:
             leaves = [leaf_hash(p.encode()) for (p,) in db.execute("SELECT payload FROM ledger ORDER BY seq")]
             for number, size in db.execute("SELECT number, tree_size FROM checkpoints").fetchall():
-                db.execute("UPDATE checkpoints SET root_hash = ? WHERE number = ?",
-                           (merkle_root(leaves[:size]).hex(), number))
+                db.execute(
+                    "UPDATE checkpoints SET root_hash = ? WHERE number = ?",
+                    (merkle_root(leaves[:size]).hex(), number),
+                )
 
     chain, checkpoints = signed_tampered(signed_template, edit)
     assert chain.ok

@@ -37,8 +37,9 @@ def trees(draw: st.DrawFn) -> tuple[TreeCache, int]:
 
 @settings(max_examples=150, deadline=None)
 @given(tree=trees(), data=st.data())
-def test_roots_and_proofs_equal_the_full_computation(tree: tuple[TreeCache, int],
-                                                     data: st.DataObject) -> None:
+def test_roots_and_proofs_equal_the_full_computation(
+    tree: tuple[TreeCache, int], data: st.DataObject
+) -> None:
     """root, inclusion and consistency equal merkle.py's on leaves[:size], for any sizes."""
     cache, n = tree
     size = data.draw(st.integers(min_value=1, max_value=n))

@@ -17,8 +17,12 @@ from tests.conftest import fake_service
 
 
 def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "infermeter.cli.main", "--home", str(home), *args],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "infermeter.cli.main", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}: {proc.stdout}\n{proc.stderr}")
     return proc
@@ -37,10 +41,18 @@ def bill_some(home: Path, tenant_id: str, n: int) -> Service:
     done = threading.Semaphore(0)
     engine_id = svc.engine_infos()[0].engine_id
     for i in range(n):
-        svc.worker.submit(GenerationRequest(
-            request_id=request_id(), tenant_id=tenant_id, model="tiny-gpt", engine_id=engine_id,
-            tier=ServiceTier.FLEX if i % 2 else ServiceTier.DEFAULT, prompt_ids=[65 + i, 66],
-            max_tokens=3 + i, on_finish=lambda _: done.release()))
+        svc.worker.submit(
+            GenerationRequest(
+                request_id=request_id(),
+                tenant_id=tenant_id,
+                model="tiny-gpt",
+                engine_id=engine_id,
+                tier=ServiceTier.FLEX if i % 2 else ServiceTier.DEFAULT,
+                prompt_ids=[65 + i, 66],
+                max_tokens=3 + i,
+                on_finish=lambda _: done.release(),
+            )
+        )
     for _ in range(n):
         assert done.acquire(timeout=30)
     svc.stop()
@@ -81,7 +93,9 @@ def test_invoice_totals_equal_the_ledger(tmp_path: Path) -> None:
     assert len(records) == 6
     assert Decimal(inv["exact_total"]) == sum((r.cost for r in records), start=Decimal(0))
     assert {(line["model"], line["service_tier"]) for line in inv["lines"]} == {
-        ("tiny-gpt", "default"), ("tiny-gpt", "flex")}
+        ("tiny-gpt", "default"),
+        ("tiny-gpt", "flex"),
+    }
     csv_out = cli(tmp_path, "invoice", "acme", "--period", period, "--format", "csv").stdout
     assert "tiny-gpt" in csv_out and "flex" in csv_out
     usage = json.loads(cli(tmp_path, "usage", "--tenant", "acme", "--group-by", "tier", "--json").stdout)
@@ -108,12 +122,16 @@ def test_ledger_verify_names_an_edited_row(tmp_path: Path, column: str) -> None:
         db.execute(f"DROP TRIGGER {name}")
     seq, record_id = db.execute(
         "SELECT seq, record_id FROM ledger WHERE tenant_id = ? ORDER BY seq LIMIT 1 OFFSET 2",
-        (tenant["tenant_id"],)).fetchone()
+        (tenant["tenant_id"],),
+    ).fetchone()
     if column == "cost":
         db.execute("UPDATE ledger SET cost = '0' WHERE seq = ?", (seq,))
     else:
-        db.execute("UPDATE ledger SET payload = replace(payload, '\"completion_tokens\":', "
-                   "'\"completion_tokens\":1') WHERE seq = ?", (seq,))
+        db.execute(
+            "UPDATE ledger SET payload = replace(payload, '\"completion_tokens\":', "
+            "'\"completion_tokens\":1') WHERE seq = ?",
+            (seq,),
+        )
     db.commit()
     db.close()
     proc = cli(tmp_path, "ledger", "verify", check=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from infermeter.cli.main import main
-from infermeter.runtime.build.testmodel import write_test_model
+from infermeter.runtime.compile.testmodel import write_test_model
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,26 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_build_list_show_an_fp32_and_an_int8_engine(tmp_path: Path, model: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_list_show_an_fp32_and_an_int8_engine(
+    tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Both builds land in the index; list shows them ok; show prints the full record."""
     home = str(tmp_path / "home")
     code, out, _ = run(capsys, "--home", home, "engines", "build", str(model))
     assert code == 0 and "built tiny-user-onnxruntime-fp32-cpu-" in out
-    code, out, _ = run(capsys, "--home", home, "engines", "build", str(model),
-                       "--precision", "int8", "--max-batch", "4", "--json")
+    code, out, _ = run(
+        capsys,
+        "--home",
+        home,
+        "engines",
+        "build",
+        str(model),
+        "--precision",
+        "int8",
+        "--max-batch",
+        "4",
+        "--json",
+    )
     record = json.loads(out)
     assert code == 0 and record["precision"] == "int8" and record["max_batch"] == 4
     assert record["drift"]["token_agreement"] > 0.5
@@ -60,25 +72,41 @@ def test_show_reports_a_stale_engine_and_an_unknown_one_exits_3(
     assert code == 3 and "engines list" in err
 
 
-def test_bad_build_arguments_exit_2_with_the_reason(tmp_path: Path, model: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_build_arguments_exit_2_with_the_reason(
+    tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """An impossible backend/precision pair or bucket list is a usage error."""
     home = str(tmp_path / "home")
-    code, _, err = run(capsys, "--home", home, "engines", "build", str(model), "--backend",
-                       "torch", "--precision", "int8")
+    code, _, err = run(
+        capsys, "--home", home, "engines", "build", str(model), "--backend", "torch", "--precision", "int8"
+    )
     assert code == 2 and "torch builds fp32, fp16, bf16" in err
-    code, _, err = run(capsys, "--home", home, "engines", "build", str(model),
-                       "--decode-buckets", "64,x")
+    code, _, err = run(capsys, "--home", home, "engines", "build", str(model), "--decode-buckets", "64,x")
     assert code == 2 and "--decode-buckets" in err
 
 
-def test_bench_reports_per_engine_throughput(tmp_path: Path, model: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_reports_per_engine_throughput(
+    tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """bench measures prefill and decode figures for each engine from its step timer."""
     home = str(tmp_path / "home")
     run(capsys, "--home", home, "engines", "build", str(model), "--precision", "int8")
-    code, out, _ = run(capsys, "--home", home, "engines", "bench", "--prompt-tokens", "16",
-                       "--decode-steps", "3", "--batch", "2", "--rounds", "1", "--json")
+    code, out, _ = run(
+        capsys,
+        "--home",
+        home,
+        "engines",
+        "bench",
+        "--prompt-tokens",
+        "16",
+        "--decode-steps",
+        "3",
+        "--batch",
+        "2",
+        "--rounds",
+        "1",
+        "--json",
+    )
     report = json.loads(out)
     assert code == 0 and report["machine"] and report["date"]
     (bench,) = report["engines"]

@@ -60,8 +60,11 @@ def test_ledger_verify_names_a_hand_edited_row_and_a_cut_tail(tmp_path: Path) ->
         db.execute(f"DROP TRIGGER {name}")
     backup = [tuple(r) for r in db.execute("SELECT * FROM ledger ORDER BY seq")]
     seq, record_id = db.execute("SELECT seq, record_id FROM ledger ORDER BY seq LIMIT 1 OFFSET 3").fetchone()
-    db.execute("UPDATE ledger SET payload = replace(payload, '\"prompt_tokens\":', '\"prompt_tokens\":9') "
-               "WHERE seq = ?", (seq,))
+    db.execute(
+        "UPDATE ledger SET payload = replace(payload, '\"prompt_tokens\":', '\"prompt_tokens\":9') "
+        "WHERE seq = ?",
+        (seq,),
+    )
     db.commit()
     edited = cli(tmp_path, "ledger", "verify", check=False)
     assert edited.returncode == 1 and record_id in edited.stderr
@@ -95,10 +98,22 @@ def test_a_credit_changes_the_invoice_and_the_original_stays(tmp_path: Path) -> 
     db = sqlite3.connect(tmp_path / "infermeter.db")
     record_id, cost, payload = db.execute(
         "SELECT record_id, cost, payload FROM ledger WHERE tenant_id = ? ORDER BY seq LIMIT 1",
-        (tenant["tenant_id"],)).fetchone()
+        (tenant["tenant_id"],),
+    ).fetchone()
     amount = Decimal(cost) / 4
-    done = json.loads(cli(tmp_path, "ledger", "correct", record_id, "--credit", str(amount),
-                          "--reason", "latency SLO missed", "--json").stdout)
+    done = json.loads(
+        cli(
+            tmp_path,
+            "ledger",
+            "correct",
+            record_id,
+            "--credit",
+            str(amount),
+            "--reason",
+            "latency SLO missed",
+            "--json",
+        ).stdout
+    )
     assert done["corrects"] == record_id and Decimal(done["cost"]) == -amount
     after = json.loads(cli(tmp_path, "invoice", "acme", "--period", period).stdout)
     assert Decimal(after["exact_total"]) == Decimal(before["exact_total"]) - amount

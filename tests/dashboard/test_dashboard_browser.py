@@ -27,17 +27,27 @@ from infermeter.runtime.fake_engine import FakeCost, FakeEngine, fake_engine_inf
 from tests.conftest import LiveServer, fake_service
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
-                       reason=f"{CHROMIUM} is missing: apt-get install chromium "
-                              "(scripts/test.sh does it when run as root)"),
+    pytest.mark.skipif(
+        not os.access(CHROMIUM, os.X_OK),
+        reason=f"{CHROMIUM} is missing: apt-get install chromium (scripts/test.sh does it when run as root)",
+    ),
 ]
 sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is missing: pip install 'infermeter[test]'")
+    "playwright.sync_api", reason="playwright is missing: pip install 'infermeter[test]'"
+)
 
 # Device time like a small GPU model's, so the charts show readable numbers.
 COST = FakeCost(fixed_us=4000, per_prefill_token_us=300, per_decode_token_us=2500)
@@ -45,8 +55,10 @@ COST = FakeCost(fixed_us=4000, per_prefill_token_us=300, per_decode_token_us=250
 
 def _service(home: Path) -> Service:
     fp32 = FakeEngine(cost=COST)
-    int8 = FakeEngine(info=fake_engine_info(engine_id="fake-int8", precision=Precision.INT8),
-                      cost=FakeCost(fixed_us=2500, per_prefill_token_us=150, per_decode_token_us=1200))
+    int8 = FakeEngine(
+        info=fake_engine_info(engine_id="fake-int8", precision=Precision.INT8),
+        cost=FakeCost(fixed_us=2500, per_prefill_token_us=150, per_decode_token_us=1200),
+    )
     return fake_service(home, fp32, int8)
 
 
@@ -58,15 +70,36 @@ def _history(svc: Service, tenant_id: str, days_ago: int, n: int) -> list[UsageR
         prefill_us, decode_us = 3000 + 500 * i, 20000 + 1500 * (days_ago + i)
         ru = svc.ru_table.ru_micros("cpu", Precision.FP32, prefill_us, decode_us)
         ended = datetime.now(UTC) - timedelta(days=days_ago, minutes=5 * i)
-        out.append(UsageRecord(
-            record_id=record_id(), request_id=request_id(), tenant_id=tenant_id, model="tiny-gpt",
-            engine_id="fake-engine", device="cpu", precision=Precision.FP32, service_tier=tier,
-            status=Status.COMPLETED, prompt_tokens=40 + 7 * i, completion_tokens=20 + days_ago,
-            cached_tokens=0, device_us=prefill_us + decode_us, prefill_us=prefill_us,
-            decode_us=decode_us, kv_mb_s=Decimal("0.5"), ru_micros=ru, cost=svc.plan.cost(ru, tier),
-            currency=svc.plan.currency, queue_ms=1, latency_ms=30, started_at=ended, ended_at=ended,
-            cost_model_version="token-proportional-v1", ru_table_version=svc.ru_table.version,
-            price_plan_version=svc.plan.version))
+        out.append(
+            UsageRecord(
+                record_id=record_id(),
+                request_id=request_id(),
+                tenant_id=tenant_id,
+                model="tiny-gpt",
+                engine_id="fake-engine",
+                device="cpu",
+                precision=Precision.FP32,
+                service_tier=tier,
+                status=Status.COMPLETED,
+                prompt_tokens=40 + 7 * i,
+                completion_tokens=20 + days_ago,
+                cached_tokens=0,
+                device_us=prefill_us + decode_us,
+                prefill_us=prefill_us,
+                decode_us=decode_us,
+                kv_mb_s=Decimal("0.5"),
+                ru_micros=ru,
+                cost=svc.plan.cost(ru, tier),
+                currency=svc.plan.currency,
+                queue_ms=1,
+                latency_ms=30,
+                started_at=ended,
+                ended_at=ended,
+                cost_model_version="token-proportional-v1",
+                ru_table_version=svc.ru_table.version,
+                price_plan_version=svc.plan.version,
+            )
+        )
     return out
 
 
@@ -81,9 +114,12 @@ def live(server_factory: Callable[..., LiveServer], tmp_path: Path) -> LiveServe
     for tenant, n in (("alpha", 4), ("beta", 3)):
         client = server.client(tenant)
         for i in range(n):
-            client.completions.create(model="tiny-gpt", prompt=f"{tenant} request {i}",
-                                      max_tokens=4 + i,
-                                      extra_body={"service_tier": "flex" if i == 1 else "default"})
+            client.completions.create(
+                model="tiny-gpt",
+                prompt=f"{tenant} request {i}",
+                max_tokens=4 + i,
+                extra_body={"service_tier": "flex" if i == 1 else "default"},
+            )
     return server
 
 
@@ -108,13 +144,16 @@ def _get(live: LiveServer, path: str, key: str) -> Any:
     return resp.json()
 
 
-def _open(browser: Any, live: LiveServer, key: str, width: int = 1280,
-          height: int = 900) -> tuple[Any, list[str]]:
+def _open(
+    browser: Any, live: LiveServer, key: str, width: int = 1280, height: int = 900
+) -> tuple[Any, list[str]]:
     """A fresh tab signed in with ``key``, and the console errors it logs (CSP ones included)."""
     page = browser.new_page(viewport={"width": width, "height": height})
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(f"{m.text} {m.location.get('url', '')}")
-            if m.type == "error" else None)
+    page.on(
+        "console",
+        lambda m: errors.append(f"{m.text} {m.location.get('url', '')}") if m.type == "error" else None,
+    )
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(live.url + "/dashboard")
     page.fill("#api-key", key)
@@ -130,8 +169,7 @@ def _unexpected(errors: list[str]) -> list[str]:
 
 
 def _dataset(page: Any, canvas: str, index: int = 0) -> list[float | None]:
-    return list(page.evaluate(
-        "([id, i]) => Chart.getChart(id).data.datasets[i].data", [canvas, index]))
+    return list(page.evaluate("([id, i]) => Chart.getChart(id).data.datasets[i].data", [canvas, index]))
 
 
 def _labels(page: Any, canvas: str) -> list[str]:
@@ -140,17 +178,23 @@ def _labels(page: Any, canvas: str) -> list[str]:
 
 def _inked_pixels(page: Any, canvas: str) -> int:
     """Pixels of the canvas that are not transparent: a blank chart has none."""
-    return int(page.evaluate("""id => {
+    return int(
+        page.evaluate(
+            """id => {
         const c = document.getElementById(id);
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0;
         for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
         return n;
-    }""", canvas))
+    }""",
+            canvas,
+        )
+    )
 
 
-def test_tenant_view_charts_show_only_the_tenants_own_data(browser: Any, live: LiveServer,
-                                                          shots: Path) -> None:
+def test_tenant_view_charts_show_only_the_tenants_own_data(
+    browser: Any, live: LiveServer, shots: Path
+) -> None:
     """alpha's charts hold alpha's totals, are drawn, and nothing of beta's appears."""
     alpha = live.keys["alpha"]
     page, errors = _open(browser, live, alpha)
@@ -163,8 +207,9 @@ def test_tenant_view_charts_show_only_the_tenants_own_data(browser: Any, live: L
     assert len(by_day) >= 6
     assert sum(v or 0 for v in _dataset(page, "chart-daily")) == pytest.approx(float(ru), rel=1e-9)
     tiers = {r["key"]: float(r["ru"]) for r in _get(live, "/v1/usage?group_by=tier", alpha)["data"]}
-    assert dict(zip(_labels(page, "chart-tier"), _dataset(page, "chart-tier"), strict=True)) == \
-        pytest.approx(tiers)
+    assert dict(zip(_labels(page, "chart-tier"), _dataset(page, "chart-tier"), strict=True)) == pytest.approx(
+        tiers
+    )
     assert _labels(page, "chart-model") == ["tiny-gpt"]
     per_ru = [v for v in _dataset(page, "chart-unit", 1) if v is not None]
     assert len(per_ru) >= 6 and all(v > 0 for v in per_ru)
@@ -177,8 +222,9 @@ def test_tenant_view_charts_show_only_the_tenants_own_data(browser: Any, live: L
     assert sum(v or 0 for v in _dataset(page, "chart-daily")) == pytest.approx(float(cost), rel=1e-9)
 
     mine = {r["record_id"] for r in _get(live, "/v1/usage/recent?limit=25", alpha)["data"]}
-    shown = set(page.eval_on_selector_all("#recent tr[data-record]",
-                                          "rows => rows.map(r => r.dataset.record)"))
+    shown = set(
+        page.eval_on_selector_all("#recent tr[data-record]", "rows => rows.map(r => r.dataset.record)")
+    )
     assert shown == mine and len(shown) == 4 + sum(1 + d % 3 for d in range(1, 7))
     html = page.content()
     assert live.tenant_ids["beta"] not in html and live.tenant_ids["alpha"] in html

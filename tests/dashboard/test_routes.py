@@ -34,8 +34,9 @@ def test_every_asset_the_page_names_is_served_locally(fake_server: LiveServer) -
         assert resp.status_code == 200, asset
 
 
-@pytest.mark.parametrize("path", ["../api/app.py", "..%2F..%2Fpyproject.toml", "nope.js",
-                                  "vendor", "../routes.py"])
+@pytest.mark.parametrize(
+    "path", ["../api/app.py", "..%2F..%2Fpyproject.toml", "nope.js", "vendor", "../routes.py"]
+)
 def test_nothing_outside_the_static_folder_is_served(fake_server: LiveServer, path: str) -> None:
     """Traversal, folders and unknown names are a 404 in the API's error envelope."""
     resp = httpx.get(f"{fake_server.url}/dashboard/{path}", timeout=30)
@@ -43,8 +44,17 @@ def test_nothing_outside_the_static_folder_is_served(fake_server: LiveServer, pa
     assert "does not exist" in resp.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("name", ["../routes.py", "../../api/app.py", "vendor/../../__init__.py",
-                                  "/etc/passwd", "vendor", "vendor/chart.js.LICENSE.md/x"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../routes.py",
+        "../../api/app.py",
+        "vendor/../../__init__.py",
+        "/etc/passwd",
+        "vendor",
+        "vendor/chart.js.LICENSE.md/x",
+    ],
+)
 def test_static_file_refuses_what_is_not_a_static_asset(name: str) -> None:
     """static_file resolves the name and refuses anything outside static/ or not a file."""
     with pytest.raises(NotFound):

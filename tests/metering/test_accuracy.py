@@ -61,10 +61,15 @@ def test_batched_runs_share_one_schedule() -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 8), st.integers(0, 3),
-       st.tuples(*(st.integers(0, 1_000_000) for _ in range(5))), st.integers(0, 9))
-def test_conservation_is_exact_for_any_model(count: int, stagger: int,
-                                             coefficients: tuple[int, ...], seed: int) -> None:
+@given(
+    st.integers(1, 8),
+    st.integers(0, 3),
+    st.tuples(*(st.integers(0, 1_000_000) for _ in range(5))),
+    st.integers(0, 9),
+)
+def test_conservation_is_exact_for_any_model(
+    count: int, stagger: int, coefficients: tuple[int, ...], seed: int
+) -> None:
     """Σ attributed + unattributed = Σ measured step time, in integers, whatever the model."""
     runner = FakeRunner(FakeCost(fixed_us=137.0, per_prefill_token_context_us=0.01))
     specs = acc.request_set(count, runner.vocab_size, seed=seed)
@@ -75,8 +80,9 @@ def test_conservation_is_exact_for_any_model(count: int, stagger: int,
     assert report.attributed_us + report.unattributed_us == report.measured_us
 
 
-def test_cpu_benchmark_reports_conservation_and_error(tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_cpu_benchmark_reports_conservation_and_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`bench --accuracy --quick` on ONNX Runtime: conservation exactly 0 before and after
     calibration, and median / p95 errors computed (their size depends on the machine)."""
     out = tmp_path / "accuracy.json"

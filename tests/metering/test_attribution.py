@@ -80,9 +80,7 @@ def test_identical_participants_get_identical_shares(
 
 
 @given(st.lists(participants, min_size=1, max_size=16), device_us, models)
-def test_larger_modeled_cost_never_gets_less(
-    parts: list[Participant], t: int, model: CostModel
-) -> None:
+def test_larger_modeled_cost_never_gets_less(parts: list[Participant], t: int, model: CostModel) -> None:
     """Between two distinct requests, the larger modeled cost gets at least as much time."""
     unique = list({p.request_id: p for p in parts}.values())
     out = attribute(step_of(unique, t), model)

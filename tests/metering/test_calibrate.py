@@ -22,8 +22,13 @@ from infermeter.runtime.sampling import SamplingParams
 from infermeter.runtime.worker import GenerationRequest
 from tests.conftest import fake_service
 
-COST = FakeCost(fixed_us=400.0, per_prefill_token_us=12.0, per_prefill_token_context_us=0.05,
-                per_decode_token_us=60.0, per_decode_token_context_us=0.5)
+COST = FakeCost(
+    fixed_us=400.0,
+    per_prefill_token_us=12.0,
+    per_prefill_token_context_us=0.05,
+    per_decode_token_us=60.0,
+    per_decode_token_context_us=0.5,
+)
 RATES = cal.ReferenceRates("cpu", "numpy", "float32", 0.1, 20.0)
 SHAPE = cal.ModelShape.decoder(4, 128, 260, 4, 4096)
 
@@ -59,8 +64,7 @@ def test_cost_steps_recover_the_engine_cost_within_rounding() -> None:
 
 def test_device_table_replaces_only_this_device() -> None:
     """A new version: the device's rows are the measured blend, every other row unchanged."""
-    probes = (cal.PhaseProbe("prefill", 4, 64, 0, 50.0, 0.9),
-              cal.PhaseProbe("decode", 8, 1, 64, 200.0, 0.2))
+    probes = (cal.PhaseProbe("prefill", 4, 64, 0, 50.0, 0.9), cal.PhaseProbe("decode", 8, 1, 64, 200.0, 0.2))
     table = cal.device_table(SEED_TABLE, "cpu", RATES, probes, "calib-test")
     assert table.version == "calib-test"
     expected = Decimal(f"{0.9 * RATES.r_compute + 0.1 * RATES.r_bw:.4g}")
@@ -69,7 +73,8 @@ def test_device_table_replaces_only_this_device() -> None:
     for device in ("H100-SXM", "A100-SXM4-80GB", "L4"):
         for phase in Phase:
             assert table.factor(device, phase, Precision.FP16) == SEED_TABLE.factor(
-                device, phase, Precision.FP16)
+                device, phase, Precision.FP16
+            )
 
 
 def test_roofline_compute_fraction_orders_the_phases() -> None:
@@ -79,15 +84,16 @@ def test_roofline_compute_fraction_orders_the_phases() -> None:
     assert prefill.us_per_token > 0 and decode.us_per_token > 0
 
 
-def test_saved_calibrations_load_newest_table_and_each_engines_newest_model(
-        tmp_path: Path) -> None:
+def test_saved_calibrations_load_newest_table_and_each_engines_newest_model(tmp_path: Path) -> None:
     """Versioned files never overwrite; the newest table wins, cost models merge by engine."""
     assert cal.load_latest(tmp_path) is None
     runner = FakeRunner()
-    first = cal.calibrate("cpu", RATES, SEED_TABLE, {"e1": (runner, SHAPE)}, quick=True,
-                          version="calib-cpu-1")
-    second = cal.calibrate("cpu", RATES, first.ru_table, {"e2": (runner, SHAPE)}, quick=True,
-                           version="calib-cpu-2")
+    first = cal.calibrate(
+        "cpu", RATES, SEED_TABLE, {"e1": (runner, SHAPE)}, quick=True, version="calib-cpu-1"
+    )
+    second = cal.calibrate(
+        "cpu", RATES, first.ru_table, {"e2": (runner, SHAPE)}, quick=True, version="calib-cpu-2"
+    )
     paths = [cal.save(first, tmp_path), cal.save(second, tmp_path)]
     assert all(p.is_file() for p in paths) and paths[0] != paths[1]
     with pytest.raises(FileExistsError):
@@ -104,19 +110,28 @@ def test_the_service_uses_the_newest_calibration_at_start(tmp_path: Path) -> Non
     """Records name the calibrated RU-table and cost-model versions after a calibration."""
     home = tmp_path / "home"
     engine = FakeEngine(cost=COST)
-    calibration = cal.calibrate("cpu", RATES, SEED_TABLE,
-                                {engine.info.engine_id: (FakeRunner(), SHAPE)}, quick=True)
+    calibration = cal.calibrate(
+        "cpu", RATES, SEED_TABLE, {engine.info.engine_id: (FakeRunner(), SHAPE)}, quick=True
+    )
     cal.save(calibration, home)
     service = fake_service(home, engine)
     service.start()
     try:
         done = threading.Event()
         records: list[object] = []
-        service.worker.submit(GenerationRequest(
-            request_id="r1", tenant_id="t", model="tiny-gpt", engine_id=engine.info.engine_id,
-            tier=ServiceTier.DEFAULT, prompt_ids=[1, 2, 3], max_tokens=3,
-            sampling=SamplingParams(temperature=0.0),
-            on_finish=lambda r: (records.append(r), done.set())))
+        service.worker.submit(
+            GenerationRequest(
+                request_id="r1",
+                tenant_id="t",
+                model="tiny-gpt",
+                engine_id=engine.info.engine_id,
+                tier=ServiceTier.DEFAULT,
+                prompt_ids=[1, 2, 3],
+                max_tokens=3,
+                sampling=SamplingParams(temperature=0.0),
+                on_finish=lambda r: (records.append(r), done.set()),
+            )
+        )
         assert done.wait(30)
     finally:
         service.stop()
@@ -126,8 +141,9 @@ def test_the_service_uses_the_newest_calibration_at_start(tmp_path: Path) -> Non
     assert record.cost_model_version == fitted
 
 
-def test_calibrate_command_on_the_cpu_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_calibrate_command_on_the_cpu_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`infermeter calibrate --quick --json` measures the ORT engine and writes a version."""
     home = tmp_path / "home"
     monkeypatch.setenv("INFERMETER_INT8", "0")  # the FP32 engine alone keeps this quick

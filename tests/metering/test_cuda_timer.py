@@ -25,6 +25,7 @@ needs_cuda = pytest.mark.skipif(not _cuda(), reason="needs PyTorch with a CUDA d
 
 def test_missing_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without PyTorch the error names pip install 'infermeter[torch]'."""
+
     def missing(name: str) -> Any:
         raise ImportError(name)
 
@@ -33,8 +34,9 @@ def test_missing_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
         CudaEventTimer()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None or _cuda(),
-                    reason="needs PyTorch without a CUDA device")
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None or _cuda(), reason="needs PyTorch without a CUDA device"
+)
 def test_no_cuda_device_is_a_clear_error() -> None:
     """PyTorch without a GPU: a ConfigError pointing to the CPU step timer."""
     with pytest.raises(ConfigError, match="CpuStepTimer"):
@@ -43,7 +45,8 @@ def test_no_cuda_device_is_a_clear_error() -> None:
 
 @needs_cuda
 def test_elapsed_is_read_after_the_steps_own_sync_without_synchronize(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """begin/end/elapsed never synchronize; after the .cpu() copy the time is there."""
     import torch
 

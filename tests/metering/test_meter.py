@@ -23,9 +23,7 @@ def test_prefill_then_decode_accumulate_by_phase() -> None:
     """A prefill step's share goes to prefill_us, later decode steps' shares to decode_us."""
     book = MeterBook()
     run(book, StepRecord(1, "e", "cpu", 300, (Participant("a", 2), Participant("b", 1))))
-    run(
-        book, StepRecord(2, "e", "cpu", 100, (Participant("a", 0, 2, 1), Participant("b", 0, 1, 1)))
-    )
+    run(book, StepRecord(2, "e", "cpu", 100, (Participant("a", 0, 2, 1), Participant("b", 0, 1, 1))))
     a = book.pop("a")
     assert (a.prefill_us, a.decode_us, a.device_us, a.steps) == (200, 50, 250, 2)
     b = book.pop("b")

@@ -123,9 +123,7 @@ def test_json_round_trip_keeps_exact_factors() -> None:
     data = SEED_TABLE.to_json()
     assert RuTable.from_json(data) == SEED_TABLE
     assert RuTable.from_json(json.dumps(data)) == SEED_TABLE
-    assert {"device_class": "L4", "phase": "decode", "precision": "fp16", "factor": "0.18"} in data[
-        "factors"
-    ]
+    assert {"device_class": "L4", "phase": "decode", "precision": "fp16", "factor": "0.18"} in data["factors"]
     data["factors"][0]["factor"] = 0.38
     with pytest.raises(ConfigError, match="never a float"):
         RuTable.from_json(data)

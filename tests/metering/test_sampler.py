@@ -26,8 +26,9 @@ from infermeter.metering.sources import Sample, ScriptedSource
 MS = 1_000_000  # ns
 
 
-def run(samples: list[Sample], steps: list[tuple[int, int, StepShares]], **kw: int) -> tuple[
-        list[ClosedWindow], WindowSampler]:
+def run(
+    samples: list[Sample], steps: list[tuple[int, int, StepShares]], **kw: int
+) -> tuple[list[ClosedWindow], WindowSampler]:
     """Drive a sampler by hand: every step recorded first, then one poll per sample."""
     published: list[ClosedWindow] = []
     kw.setdefault("idle_power_mw", 0)
@@ -59,15 +60,18 @@ def test_a_window_splits_energy_above_idle_by_step_shares() -> None:
 
 
 steps_strategy = st.lists(
-    st.tuples(st.integers(0, 900), st.integers(0, 200),
-              st.dictionaries(st.sampled_from("abcd"), st.integers(0, 50_000), min_size=1),
-              st.integers(0, 3)),
-    max_size=12)
+    st.tuples(
+        st.integers(0, 900),
+        st.integers(0, 200),
+        st.dictionaries(st.sampled_from("abcd"), st.integers(0, 50_000), min_size=1),
+        st.integers(0, 3),
+    ),
+    max_size=12,
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(steps_strategy, st.lists(st.integers(0, 5_000), min_size=2, max_size=12),
-       st.integers(0, 50_000))
+@given(steps_strategy, st.lists(st.integers(0, 5_000), min_size=2, max_size=12), st.integers(0, 50_000))
 def test_energy_closure_and_device_time_conservation(
     raw_steps: list[tuple[int, int, dict[str, int], int]], increments: list[int], idle_mw: int
 ) -> None:
@@ -92,8 +96,7 @@ def test_energy_closure_and_device_time_conservation(
         assert sum(a.energy_shares_mj.values()) + a.unattributed_energy_mj == inc
         assert all(v >= 0 for v in a.energy_shares_mj.values())
     assert sampler.stats.energy_mj == energy - increments[0]
-    assert (sampler.stats.attributed_energy_mj + sampler.stats.unattributed_energy_mj
-            == energy - increments[0])
+    assert sampler.stats.attributed_energy_mj + sampler.stats.unattributed_energy_mj == energy - increments[0]
     expected: dict[str, int] = {}
     for _, _, s in steps:
         for rid, us in s.shares.items():
@@ -158,8 +161,11 @@ def test_a_step_recorded_late_still_counts_in_its_window() -> None:
     """Windows are attributed one tick late: a step that ended before the edge but was
     recorded after the closing read still gets its window's energy."""
     published: list[ClosedWindow] = []
-    samples = [Sample(0, 0), Sample(100 * MS, 1_000, 0.5, 0.1, 0.2, 1),
-               Sample(200 * MS, 1_000, 0.0, 0.0, 0.0, 1)]
+    samples = [
+        Sample(0, 0),
+        Sample(100 * MS, 1_000, 0.5, 0.1, 0.2, 1),
+        Sample(200 * MS, 1_000, 0.0, 0.0, 0.0, 1),
+    ]
     sampler = WindowSampler(ScriptedSource(samples=samples), published.append, idle_power_mw=0)
     sampler.poll()
     sampler.poll()  # closes [0, 100 ms); nothing published yet
@@ -212,12 +218,12 @@ def test_the_energy_counter_is_read_on_the_sampler_thread_only() -> None:
     assert threading.get_ident() not in source.read_threads
     for before, after in itertools.pairwise(published):
         assert after.attribution.window_start_ns == before.attribution.window_end_ns
-    assert all(w.attribution.window_end_ns - w.attribution.window_start_ns >= 20 * MS
-               for w in published)
+    assert all(w.attribution.window_end_ns - w.attribution.window_start_ns >= 20 * MS for w in published)
 
 
 def test_a_failing_source_skips_a_tick_and_is_counted() -> None:
     """A read that raises is counted; the next good read closes a window spanning the gap."""
+
     class Flaky(ScriptedSource):
         def read(self) -> Sample:
             if self.reads == 1:

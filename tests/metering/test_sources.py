@@ -177,9 +177,13 @@ def test_nvml_missing_bindings_name_the_extra(monkeypatch: pytest.MonkeyPatch) -
 
 def test_dcgm_source_maps_its_fields() -> None:
     """DCGM's fields 1002/1004/1005 (ratios), 156 (mJ) and 252 (MiB) fill a Sample."""
-    values = {DCGM_FI_PROF_SM_ACTIVE: 0.8, DCGM_FI_PROF_PIPE_TENSOR_ACTIVE: 0.5,
-              DCGM_FI_PROF_DRAM_ACTIVE: 0.25, DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION: 123_456,
-              DCGM_FI_DEV_FB_USED: 2048}
+    values = {
+        DCGM_FI_PROF_SM_ACTIVE: 0.8,
+        DCGM_FI_PROF_PIPE_TENSOR_ACTIVE: 0.5,
+        DCGM_FI_PROF_DRAM_ACTIVE: 0.25,
+        DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION: 123_456,
+        DCGM_FI_DEV_FB_USED: 2048,
+    }
     reader = SimpleNamespace(GetLatestGpuValuesAsFieldIdDict=lambda: {0: values})
     sample = DcgmSource(0, reader=reader).read()
     assert (sample.sm_activity, sample.tensor_activity, sample.dram_activity) == (0.8, 0.5, 0.25)

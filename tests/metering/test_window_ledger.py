@@ -25,8 +25,11 @@ MS = 1_000_000
 
 def windows(activity: float | None = 0.5) -> list[ClosedWindow]:
     """Two 100 ms windows; request a runs in both, b in the second only."""
-    samples = [Sample(0, 0), Sample(100 * MS, 1_000, activity, 0.1, activity, 10),
-               Sample(200 * MS, 3_000, activity, 0.1, activity, 10)]
+    samples = [
+        Sample(0, 0),
+        Sample(100 * MS, 1_000, activity, 0.1, activity, 10),
+        Sample(200 * MS, 3_000, activity, 0.1, activity, 10),
+    ]
     out: list[ClosedWindow] = []
     sampler = WindowSampler(ScriptedSource(samples=samples), out.append, idle_power_mw=0)
     sampler.record_step(10 * MS, 30 * MS, StepShares(1, 20_000, {"a": 20_000}, 0))
@@ -90,10 +93,19 @@ def _complete(service: object, prompt: list[int]) -> object:
 
     svc = service  # type: ignore[assignment]
     engine_id = svc.engine_infos()[0].engine_id  # type: ignore[attr-defined]
-    svc.worker.submit(GenerationRequest(  # type: ignore[attr-defined]
-        request_id="req-crash", tenant_id="t", model="tiny-gpt", engine_id=engine_id,
-        tier=ServiceTier.DEFAULT, prompt_ids=prompt, max_tokens=6,
-        sampling=SamplingParams(temperature=0.0), on_finish=finished))
+    svc.worker.submit(
+        GenerationRequest(  # type: ignore[attr-defined]
+            request_id="req-crash",
+            tenant_id="t",
+            model="tiny-gpt",
+            engine_id=engine_id,
+            tier=ServiceTier.DEFAULT,
+            prompt_ids=prompt,
+            max_tokens=6,
+            sampling=SamplingParams(temperature=0.0),
+            on_finish=finished,
+        )
+    )
     assert done.wait(30)
     return result[0]
 
@@ -128,8 +140,7 @@ def test_record_view_joins_window_meters(tmp_path: Path, server_factory: object)
     live = server_factory(service)  # type: ignore[operator]
     headers = {"authorization": f"Bearer {live.keys['alpha']}"}
     with httpx.Client(base_url=live.url, headers=headers, timeout=30) as client:
-        resp = client.post("/v1/completions", json={"model": "tiny-gpt", "prompt": "hello",
-                                                    "max_tokens": 8})
+        resp = client.post("/v1/completions", json={"model": "tiny-gpt", "prompt": "hello", "max_tokens": 8})
         assert resp.status_code == 200, resp.text
         record_id = resp.json()["usage"]["metering"]["record_id"]
         deadline = time.monotonic() + 10

@@ -100,9 +100,7 @@ def build(
     out = []
     for i, (start, dur, parts, us) in enumerate(specs):
         ps = tuple(Participant(r, p, 0, d) for r, p, d in parts)
-        out.append(
-            (start, start + dur, attribute(StepRecord(i, "e", "cpu", us, ps), TOKEN_PROPORTIONAL))
-        )
+        out.append((start, start + dur, attribute(StepRecord(i, "e", "cpu", us, ps), TOKEN_PROPORTIONAL)))
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from infermeter.api.metrics import Metrics
+from infermeter.observability.metrics import Metrics
 from tests.conftest import LiveServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,8 +26,14 @@ SCRAPE_CONFIG = ROOT / "deploy" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana" / "infermeter.json"
 PROMETHEUS = shutil.which("prometheus")
 # what Grafana puts in place of its variables before it sends a query
-GRAFANA_VARS = {"$__rate_interval": "1m", "$__range": "5m", "$__interval": "15s",
-                "$tenant": ".*", "$tier": ".*", "$model": ".*"}
+GRAFANA_VARS = {
+    "$__rate_interval": "1m",
+    "$__range": "5m",
+    "$__interval": "15s",
+    "$tenant": ".*",
+    "$tier": ".*",
+    "$model": ".*",
+}
 
 
 def metric_families() -> set[str]:
@@ -51,8 +57,9 @@ def grafana_exprs() -> list[str]:
 def prometheus(fake_server: LiveServer, tmp_path: Path) -> Iterator[str]:
     """Prometheus scraping ``fake_server`` every second; yields its URL; stopped afterwards."""
     if PROMETHEUS is None:
-        pytest.skip("no prometheus binary: apt-get install prometheus "
-                    "(scripts/test.sh does it when run as root)")
+        pytest.skip(
+            "no prometheus binary: apt-get install prometheus (scripts/test.sh does it when run as root)"
+        )
     target = fake_server.url.removeprefix("http://")
     config = SCRAPE_CONFIG.read_text().replace("127.0.0.1:8000", target)
     config = re.sub(r"(scrape_interval|scrape_timeout|evaluation_interval): \S+", r"\1: 1s", config)
@@ -61,10 +68,17 @@ def prometheus(fake_server: LiveServer, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-         "--storage.tsdb.retention.time=1h", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            PROMETHEUS,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -83,8 +97,7 @@ def query(prom: str, expr: str) -> dict[str, Any]:
     return body
 
 
-def wait_for(prom: str, expr: str, deadline: float,
-             until: Callable[[float], bool] = lambda v: True) -> float:
+def wait_for(prom: str, expr: str, deadline: float, until: Callable[[float], bool] = lambda v: True) -> float:
     """The query's first value once there is one and ``until`` holds (bounded by ``deadline``).
 
     Scrapes run every second while the test works, so an early scrape may hold a partial count.
@@ -110,16 +123,21 @@ def test_prometheus_scrapes_the_billing_series(fake_server: LiveServer, promethe
     for i in range(3):
         client.completions.create(model="tiny-gpt", prompt=f"scrape {i}", max_tokens=3)
     tenant = fake_server.tenant_ids["alpha"]
-    usage = httpx.get(fake_server.url + "/v1/usage",
-                      headers={"authorization": f"Bearer {fake_server.keys['alpha']}"},
-                      timeout=30).json()
+    usage = httpx.get(
+        fake_server.url + "/v1/usage",
+        headers={"authorization": f"Bearer {fake_server.keys['alpha']}"},
+        timeout=30,
+    ).json()
     ru = sum(float(r["ru"]) for r in usage["data"])
 
     deadline = time.monotonic() + 60
-    wait_for(prometheus, f'sum(infermeter_requests_total{{tenant="{tenant}"}})', deadline,
-             lambda v: v == 3)
-    wait_for(prometheus, f'sum(infermeter_ru_total{{tenant="{tenant}"}})', deadline,
-             lambda v: v == pytest.approx(ru))
+    wait_for(prometheus, f'sum(infermeter_requests_total{{tenant="{tenant}"}})', deadline, lambda v: v == 3)
+    wait_for(
+        prometheus,
+        f'sum(infermeter_ru_total{{tenant="{tenant}"}})',
+        deadline,
+        lambda v: v == pytest.approx(ru),
+    )
     assert wait_for(prometheus, 'up{job="infermeter"}', deadline) == 1
     assert wait_for(prometheus, 'infermeter_engine_device_ms_total{use="warmup"}', deadline) > 0
 
@@ -143,8 +161,9 @@ def test_scrape_config_targets_the_default_port() -> None:
     assert '"127.0.0.1:8000"' in text and "metrics_path: /metrics" in text
     promtool = shutil.which("promtool")
     if promtool is not None:
-        check = subprocess.run([promtool, "check", "config", str(SCRAPE_CONFIG)],
-                               capture_output=True, text=True, timeout=60)
+        check = subprocess.run(
+            [promtool, "check", "config", str(SCRAPE_CONFIG)], capture_output=True, text=True, timeout=60
+        )
         assert check.returncode == 0, check.stdout + check.stderr
 
 

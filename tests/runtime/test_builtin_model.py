@@ -77,9 +77,7 @@ def _feeds(
     }
     for i in range(cfg.n_layer):
         for part in ("key", "value"):
-            feeds[f"past_key_values.{i}.{part}"] = np.zeros(
-                (b, cfg.n_head, 0, cfg.head_dim), np.float32
-            )
+            feeds[f"past_key_values.{i}.{part}"] = np.zeros((b, cfg.n_head, 0, cfg.head_dim), np.float32)
     return feeds
 
 
@@ -100,9 +98,7 @@ def test_all_masked_rows_are_finite() -> None:
     session = ort.InferenceSession(
         build_decoder_onnx(w, SMALL).SerializeToString(), providers=["CPUExecutionProvider"]
     )
-    logits = session.run(["logits"], _feeds(SMALL, [[0, 0, 0], [1, 2, 3]], [[0, 0, 0], [1, 1, 1]]))[
-        0
-    ]
+    logits = session.run(["logits"], _feeds(SMALL, [[0, 0, 0], [1, 2, 3]], [[0, 0, 0], [1, 1, 1]]))[0]
     assert np.isfinite(logits).all()
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from infermeter.core.errors import NotFound, StaleEngine
 from infermeter.core.types import Precision
-from infermeter.runtime.build.metadata import BuildArgs, EngineRecord, engine_id_for
+from infermeter.runtime.compile.metadata import BuildArgs, EngineRecord, engine_id_for
 from infermeter.runtime.engine_store import EngineStore, RuntimeEnv, file_sha256
 from tests.runtime.records import make_record
 
@@ -112,8 +112,10 @@ def test_check_refuses_a_changed_artifact(store: EngineStore, stage: Stage) -> N
     with pytest.raises(StaleEngine) as err:
         store.check(record, CPU)
     assert "changed after the build" in err.value.message
-    assert ("`infermeter engines build tiny-gpt --backend onnxruntime --precision int8 "
-            "--max-batch 16 --max-seq-len 1024`") in err.value.message
+    assert (
+        "`infermeter engines build tiny-gpt --backend onnxruntime --precision int8 "
+        "--max-batch 16 --max-seq-len 1024`"
+    ) in err.value.message
 
 
 def test_check_refuses_a_missing_artifact(store: EngineStore, stage: Stage) -> None:
@@ -127,20 +129,33 @@ def test_check_refuses_a_missing_artifact(store: EngineStore, stage: Stage) -> N
 def test_check_refuses_another_runtime_version(store: EngineStore, stage: Stage) -> None:
     """An engine built for another runtime version is stale."""
     record = stage()
-    with pytest.raises(StaleEngine, match=r"built for onnxruntime 1\.32\.0; this process runs "
-                                          r"onnxruntime 1\.99\.0; rebuild it with `infermeter"):
+    with pytest.raises(
+        StaleEngine,
+        match=r"built for onnxruntime 1\.32\.0; this process runs "
+        r"onnxruntime 1\.99\.0; rebuild it with `infermeter",
+    ):
         store.check(record, replace(CPU, version="1.99.0"))
 
 
 def test_check_refuses_a_foreign_gpu_not_a_foreign_cpu(store: EngineStore, stage: Stage) -> None:
     """A TensorRT plan is tied to its GPU model; a CPU graph runs on any CPU."""
     assert store.check(stage(), replace(CPU, device_name="Intel Xeon"))
-    gpu = stage(b"plan", backend="tensorrt", runtime="tensorrt", runtime_version="11.4",
-                device="cuda", device_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
-                build=BuildArgs("tiny-gpt", "tensorrt", Precision.INT8, 16, 1024))
+    gpu = stage(
+        b"plan",
+        backend="tensorrt",
+        runtime="tensorrt",
+        runtime_version="11.4",
+        device="cuda",
+        device_name="NVIDIA H100 80GB HBM3",
+        compute_capability="9.0",
+        build=BuildArgs("tiny-gpt", "tensorrt", Precision.INT8, 16, 1024),
+    )
     here = RuntimeEnv("tensorrt", "11.4", "cuda", "NVIDIA A10", "8.6", portable=False)
-    with pytest.raises(StaleEngine, match=r"built for cuda NVIDIA H100.*9\.0.*has cuda NVIDIA "
-                                          r"A10.*8\.6.*--backend tensorrt"):
+    with pytest.raises(
+        StaleEngine,
+        match=r"built for cuda NVIDIA H100.*9\.0.*has cuda NVIDIA "
+        r"A10.*8\.6.*--backend tensorrt",
+    ):
         store.check(gpu, here)
     with pytest.raises(StaleEngine, match=r"built for tensorrt 11\.4; this process runs onnxrun"):
         store.check(gpu, CPU)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from infermeter.core.errors import ContextTooLong, ShapeOutsideProfiles, UnknownModel
 from infermeter.core.types import Precision, ServiceTier
-from infermeter.runtime.build.profiles import plan_profiles, request_fit
+from infermeter.runtime.compile.profiles import plan_profiles, request_fit
 from infermeter.runtime.engine import EngineInfo, ShapeProfile
 from infermeter.runtime.fake_engine import fake_engine_info
 from infermeter.runtime.router import Router, refusal_for, tier_pool
@@ -18,10 +18,12 @@ from infermeter.runtime.router import Router, refusal_for, tier_pool
 DEFAULT, FLEX = ServiceTier.DEFAULT, ServiceTier.FLEX
 
 
-def engine(precision: Precision, device: str = "cpu", model: str = "tiny-gpt",
-           **changes: object) -> EngineInfo:
-    info = fake_engine_info(engine_id=f"{model}-{precision.value}-{device}", model=model,
-                            precision=precision, device=device)
+def engine(
+    precision: Precision, device: str = "cpu", model: str = "tiny-gpt", **changes: object
+) -> EngineInfo:
+    info = fake_engine_info(
+        engine_id=f"{model}-{precision.value}-{device}", model=model, precision=precision, device=device
+    )
     fields: dict[str, object] = {"profiles": plan_profiles(16, 1024), **changes}
     return replace(info, **fields)  # type: ignore[arg-type]
 
@@ -31,8 +33,11 @@ FP32, INT8 = engine(Precision.FP32), engine(Precision.INT8)
 
 def test_unknown_model_lists_the_models_served() -> None:
     """An unknown model is a 404 naming what is served."""
-    with pytest.raises(UnknownModel, match=r"'gpt-9' does not exist; models served here: "
-                                           r"other, tiny-gpt \(GET /v1/models\)"):
+    with pytest.raises(
+        UnknownModel,
+        match=r"'gpt-9' does not exist; models served here: "
+        r"other, tiny-gpt \(GET /v1/models\)",
+    ):
         Router([FP32, engine(Precision.FP32, model="other")]).route("gpt-9", DEFAULT, 5, 5)
 
 
@@ -71,7 +76,8 @@ def test_an_over_long_prompt_names_the_limit() -> None:
     assert err.value.param == "messages"
     assert err.value.message == (
         "prompt has 2,000 tokens; engine tiny-gpt-int8-cpu (tiny-gpt/int8) accepts at most "
-        "1,023 prompt tokens (context 1,024); shorten the prompt")
+        "1,023 prompt tokens (context 1,024); shorten the prompt"
+    )
 
 
 def test_prompt_plus_max_tokens_beyond_the_context_names_the_largest_max_tokens() -> None:
@@ -83,10 +89,18 @@ def test_prompt_plus_max_tokens_beyond_the_context_names_the_largest_max_tokens(
 
 def test_a_shape_outside_every_profile_is_refused() -> None:
     """Decode profiles that stop short of the request: a 400 naming the past limit."""
-    narrow = replace(FP32, profiles=(ShapeProfile("prefill", 1, 1, 16, 2, 64, 512, 0),
-                                     ShapeProfile("decode-past-256", 1, 16, 16, 1, 1, 1, 256)))
-    with pytest.raises(ShapeOutsideProfiles, match=r"admit at most 256; lower max_tokens to at "
-                                                   r"most 58") as err:
+    narrow = replace(
+        FP32,
+        profiles=(
+            ShapeProfile("prefill", 1, 1, 16, 2, 64, 512, 0),
+            ShapeProfile("decode-past-256", 1, 16, 16, 1, 1, 1, 256),
+        ),
+    )
+    with pytest.raises(
+        ShapeOutsideProfiles,
+        match=r"admit at most 256; lower max_tokens to at "
+        r"most 58",
+    ) as err:
         Router([narrow]).route("tiny-gpt", DEFAULT, 200, 100)
     assert err.value.param == "max_tokens"
     assert Router([narrow]).route("tiny-gpt", DEFAULT, 200, 58).engine is narrow
@@ -110,12 +124,19 @@ def test_engines_lists_by_model() -> None:
     assert router.engines("tiny-gpt") == [FP32, INT8] and len(router.engines()) == 3
 
 
-ENGINES = [FP32, INT8, engine(Precision.FP16, "cuda:0", max_seq_len=256,
-                              profiles=plan_profiles(8, 256, buckets=[64, 128]))]
+ENGINES = [
+    FP32,
+    INT8,
+    engine(Precision.FP16, "cuda:0", max_seq_len=256, profiles=plan_profiles(8, 256, buckets=[64, 128])),
+]
 
 
-@given(prompt=st.integers(1, 1500), max_tokens=st.integers(1, 1500),
-       tier=st.sampled_from([DEFAULT, FLEX]), n=st.integers(1, 3))
+@given(
+    prompt=st.integers(1, 1500),
+    max_tokens=st.integers(1, 1500),
+    tier=st.sampled_from([DEFAULT, FLEX]),
+    n=st.integers(1, 3),
+)
 def test_never_routes_to_an_engine_that_cannot_run_the_request(
     prompt: int, max_tokens: int, tier: ServiceTier, n: int
 ) -> None:

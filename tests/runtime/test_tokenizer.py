@@ -40,9 +40,7 @@ def test_partial_utf8_decodes_without_error() -> None:
 def test_chat_template() -> None:
     """Messages render as 'Role: content' lines ending with 'Assistant:'."""
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert (
-        ByteTokenizer().apply_chat_template(messages) == "System: Be brief.\nUser: Hi\nAssistant:"
-    )
+    assert ByteTokenizer().apply_chat_template(messages) == "System: Be brief.\nUser: Hi\nAssistant:"
     with pytest.raises(ValueError, match="message 0 has no role"):
         render_chat([{"content": "x"}])
 

@@ -17,8 +17,9 @@ from infermeter.runtime.builtin_model import DecoderConfig, build_decoder_onnx, 
 from infermeter.runtime.engine import SeqInput
 from infermeter.runtime.ort_backend import OrtEngine
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install "
-                                            "'infermeter[torch]'); the torch engine needs it")
+torch = pytest.importorskip(
+    "torch", reason="PyTorch is not installed (pip install 'infermeter[torch]'); the torch engine needs it"
+)
 
 from infermeter.runtime.torch_backend import (  # noqa: E402  (needs torch, skipped above)
     WEIGHTS_FILE,
@@ -53,17 +54,22 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small decoder (large weights, so masking bugs show) with its torch weights."""
     path = tmp_path_factory.mktemp("torch-model")
     (path / "model.onnx").write_bytes(
-        build_decoder_onnx(random_weights(CONFIG, seed=7, std=0.3), CONFIG).SerializeToString())
+        build_decoder_onnx(random_weights(CONFIG, seed=7, std=0.3), CONFIG).SerializeToString()
+    )
     (path / "config.json").write_text(json.dumps(CONFIG.hf_config(name="tiny-test")))
     return path
 
 
-def load(model_dir: Path, precision: Precision, device: str = "cpu",
-         timer_factory: Any = None) -> TorchEngine:
-    save_weights(weights_from_onnx(model_dir / "model.onnx", CONFIG), model_dir / WEIGHTS_FILE,
-                 precision)
-    return TorchEngine.load(model_dir, precision=precision, device=device,
-                            timer_factory=timer_factory or (lambda stream: NullTimer()))
+def load(
+    model_dir: Path, precision: Precision, device: str = "cpu", timer_factory: Any = None
+) -> TorchEngine:
+    save_weights(weights_from_onnx(model_dir / "model.onnx", CONFIG), model_dir / WEIGHTS_FILE, precision)
+    return TorchEngine.load(
+        model_dir,
+        precision=precision,
+        device=device,
+        timer_factory=timer_factory or (lambda stream: NullTimer()),
+    )
 
 
 @pytest.fixture
@@ -91,8 +97,9 @@ def run_both(torch_engine: TorchEngine, ort_engine: OrtEngine) -> float:
     return worst
 
 
-def test_fp32_matches_onnx_runtime_through_padded_cached_steps(model_dir: Path,
-                                                               ort_engine: OrtEngine) -> None:
+def test_fp32_matches_onnx_runtime_through_padded_cached_steps(
+    model_dir: Path, ort_engine: OrtEngine
+) -> None:
     """Mixed prefill/decode batches with left padding give ONNX Runtime's logits."""
     engine = load(model_dir, Precision.FP32)
     assert run_both(engine, ort_engine) < 1e-4

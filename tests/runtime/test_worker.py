@@ -38,15 +38,25 @@ def worker() -> Iterator[tuple[Worker, Sink]]:
     sink = Sink()
     w = Worker(sink)
     w.add_engine(FakeEngine(), ByteTokenizer(), SchedulerConfig(max_seq_len=64))
-    w.add_engine(FakeEngine(info=fake_engine_info(engine_id="fake-int8")), ByteTokenizer(),
-                 SchedulerConfig(max_seq_len=64))
+    w.add_engine(
+        FakeEngine(info=fake_engine_info(engine_id="fake-int8")),
+        ByteTokenizer(),
+        SchedulerConfig(max_seq_len=64),
+    )
     w.start()
     yield w, sink
     w.stop()
 
 
-def submit(w: Worker, rid: str, *, engine: str = "fake-engine", prompt: list[int] | None = None,
-           max_tokens: int = 3, tier: ServiceTier = ServiceTier.DEFAULT) -> threading.Event:
+def submit(
+    w: Worker,
+    rid: str,
+    *,
+    engine: str = "fake-engine",
+    prompt: list[int] | None = None,
+    max_tokens: int = 3,
+    tier: ServiceTier = ServiceTier.DEFAULT,
+) -> threading.Event:
     done = threading.Event()
     outcome: list[object] = []
 
@@ -55,9 +65,18 @@ def submit(w: Worker, rid: str, *, engine: str = "fake-engine", prompt: list[int
         done.set()
 
     done.outcome = outcome  # type: ignore[attr-defined]
-    w.submit(GenerationRequest(request_id=rid, tenant_id="t", model="tiny-gpt", engine_id=engine,
-                               tier=tier, prompt_ids=prompt or [97], max_tokens=max_tokens,
-                               on_finish=finish))
+    w.submit(
+        GenerationRequest(
+            request_id=rid,
+            tenant_id="t",
+            model="tiny-gpt",
+            engine_id=engine,
+            tier=tier,
+            prompt_ids=prompt or [97],
+            max_tokens=max_tokens,
+            on_finish=finish,
+        )
+    )
     return done
 
 

@@ -53,16 +53,23 @@ def install(app: FastAPI) -> None:
     """Add the routes, and publish the service's engines in ``infermeter_engine_info``."""
     svc = app.state.service
     for info in svc.engine_infos():
-        svc.metrics.describe_engine(info.engine_id, info.model, info.backend,
-                                    info.precision.value, info.device)
+        svc.metrics.describe_engine(
+            info.engine_id, info.model, info.backend, info.precision.value, info.device
+        )
     app.include_router(router)
 
 
 # cross-tenant usage -------------------------------------------------------------------------
 def _sum_rows(key: str, rows: list[UsageRow]) -> UsageRow:
-    return UsageRow(key, sum(r.requests for r in rows), sum(r.prompt_tokens for r in rows),
-                    sum(r.completion_tokens for r in rows), sum(r.device_us for r in rows),
-                    sum(r.ru_micros for r in rows), sum((r.cost for r in rows), start=Decimal(0)))
+    return UsageRow(
+        key,
+        sum(r.requests for r in rows),
+        sum(r.prompt_tokens for r in rows),
+        sum(r.completion_tokens for r in rows),
+        sum(r.device_us for r in rows),
+        sum(r.ru_micros for r in rows),
+        sum((r.cost for r in rows), start=Decimal(0)),
+    )
 
 
 @router.get("/v1/admin/usage")
@@ -85,8 +92,13 @@ def admin_usage(
     else:
         data = [row_view(r) for r in store.usage_summary(None, group_by, t0, t1)]
     total = sum((Decimal(d["cost"]) for d in data), start=Decimal(0))
-    return {"object": "list", "group_by": group_by, "data": data, "currency": svc.plan.currency,
-            "total_cost": format_decimal(total)}
+    return {
+        "object": "list",
+        "group_by": group_by,
+        "data": data,
+        "currency": svc.plan.currency,
+        "total_cost": format_decimal(total),
+    }
 
 
 # where the device time went -----------------------------------------------------------------
@@ -95,8 +107,7 @@ def _ledger_warmup_ms(store: Store) -> dict[str, float]:
     out: dict[str, float] = {}
     after: int | None = None
     while True:
-        page = store.list_records(PLATFORM_TENANT, limit=EXPORT_PAGE, after_seq=after,
-                                  include_warmup=True)
+        page = store.list_records(PLATFORM_TENANT, limit=EXPORT_PAGE, after_seq=after, include_warmup=True)
         for _, record in page:
             if record.warmup:
                 out[record.engine_id] = out.get(record.engine_id, 0.0) + record.device_us / 1000
@@ -122,21 +133,29 @@ def admin_overview(request: Request, key: ApiKey = Depends(admin_key)) -> dict[s
     busy_by_device: dict[str, float] = {}
     totals = dict.fromkeys(USES, 0.0)
     for info in svc.engine_infos():
-        used = {u: m.value("infermeter_engine_device_ms_total", {"engine": info.engine_id, "use": u})
-                for u in USES}
+        used = {
+            u: m.value("infermeter_engine_device_ms_total", {"engine": info.engine_id, "use": u})
+            for u in USES
+        }
         busy = sum(used.values())
         busy_by_device[info.device] = busy_by_device.get(info.device, 0.0) + busy
         for u in USES:
             totals[u] += used[u]
-        engines.append({
-            "engine_id": info.engine_id, "model": info.model, "backend": info.backend,
-            "precision": info.precision.value, "device": info.device,
-            "device_class": info.device_class, "max_batch": info.max_batch,
-            "max_seq_len": info.max_seq_len,
-            "device_ms": {**used, "busy": busy},
-            "utilization": busy / wall_ms,
-            "ledger_warmup_ms": ledger_warmup.get(info.engine_id, 0.0),
-        })
+        engines.append(
+            {
+                "engine_id": info.engine_id,
+                "model": info.model,
+                "backend": info.backend,
+                "precision": info.precision.value,
+                "device": info.device,
+                "device_class": info.device_class,
+                "max_batch": info.max_batch,
+                "max_seq_len": info.max_seq_len,
+                "device_ms": {**used, "busy": busy},
+                "utilization": busy / wall_ms,
+                "ledger_warmup_ms": ledger_warmup.get(info.engine_id, 0.0),
+            }
+        )
     queue_depth = svc.worker.queue_depth()
     m.queue_depth.set(queue_depth)
     return {
@@ -144,8 +163,9 @@ def admin_overview(request: Request, key: ApiKey = Depends(admin_key)) -> dict[s
         "started_at": iso(datetime.fromtimestamp(m.value("infermeter_start_time_seconds"), UTC)),
         "uptime_s": wall_ms / 1000,
         "device_ms": {**totals, "busy": sum(totals.values())},
-        "devices": [{"device": d, "busy_ms": b, "utilization": b / wall_ms}
-                    for d, b in sorted(busy_by_device.items())],
+        "devices": [
+            {"device": d, "busy_ms": b, "utilization": b / wall_ms} for d, b in sorted(busy_by_device.items())
+        ],
         "engines": engines,
         "queue_depth": queue_depth,
         "ledger_entries": svc.store.ledger_size(),
@@ -156,13 +176,15 @@ def admin_overview(request: Request, key: ApiKey = Depends(admin_key)) -> dict[s
 
 
 # exports ------------------------------------------------------------------------------------
-def _jsonl(store: Store, tenant_id: str | None, start: datetime | None, end: datetime | None,
-           include_warmup: bool) -> Iterator[bytes]:
+def _jsonl(
+    store: Store, tenant_id: str | None, start: datetime | None, end: datetime | None, include_warmup: bool
+) -> Iterator[bytes]:
     """Ledger order, one CloudEvent per line, read a page at a time (constant memory)."""
     after: int | None = None
     while True:
-        page = store.list_records(tenant_id, limit=EXPORT_PAGE, after_seq=after, start=start,
-                                  end=end, include_warmup=include_warmup)
+        page = store.list_records(
+            tenant_id, limit=EXPORT_PAGE, after_seq=after, start=start, end=end, include_warmup=include_warmup
+        )
         for _, record in page:
             yield json.dumps(record.to_cloudevent(), separators=(",", ":")).encode() + b"\n"
         if len(page) < EXPORT_PAGE:
@@ -171,8 +193,9 @@ def _jsonl(store: Store, tenant_id: str | None, start: datetime | None, end: dat
 
 
 def _stream(body: Iterator[bytes], filename: str) -> StreamingResponse:
-    return StreamingResponse(body, media_type=JSONL,
-                             headers={"content-disposition": f'attachment; filename="{filename}"'})
+    return StreamingResponse(
+        body, media_type=JSONL, headers={"content-disposition": f'attachment; filename="{filename}"'}
+    )
 
 
 @router.get("/v1/admin/export/usage.jsonl")
@@ -191,11 +214,11 @@ def admin_export(
     if tenant is not None:
         found = store.find_tenant(tenant)
         if found is None:
-            raise NotFound(f"no tenant {tenant!r}; list tenants with `infermeter tenants list`",
-                           param="tenant")
+            raise NotFound(
+                f"no tenant {tenant!r}; list tenants with `infermeter tenants list`", param="tenant"
+            )
         tenant_id = found.tenant_id
-    return _stream(_jsonl(store, tenant_id, t0, t1, include_warmup),
-                   f"usage-{tenant_id or 'all'}.jsonl")
+    return _stream(_jsonl(store, tenant_id, t0, t1, include_warmup), f"usage-{tenant_id or 'all'}.jsonl")
 
 
 @router.get("/v1/usage/export.jsonl")
@@ -208,8 +231,9 @@ def tenant_export(
     """The caller's own usage records as CloudEvents 1.0 JSON lines."""
     tenant = tenant_of(key)
     store: Store = request.app.state.service.store
-    return _stream(_jsonl(store, tenant, _time(start, "start"), _time(end, "end"), False),
-                   f"usage-{tenant}.jsonl")
+    return _stream(
+        _jsonl(store, tenant, _time(start, "start"), _time(end, "end"), False), f"usage-{tenant}.jsonl"
+    )
 
 
 @router.get("/v1/usage/recent")

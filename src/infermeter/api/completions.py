@@ -70,8 +70,10 @@ def _admit(request: Request, key: ApiKey, body: _Sampling, prompt: str) -> _Admi
     tokenizer = svc.tokenizers[engines[0].engine_id]
     prompt_ids = tokenizer.encode(prompt)
     if not prompt_ids:
-        raise InvalidRequest("the prompt is empty after tokenization; send some text",
-                             param="messages" if isinstance(body, ChatCompletionRequest) else "prompt")
+        raise InvalidRequest(
+            "the prompt is empty after tokenization; send some text",
+            param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
+        )
     limit = body.limit()  # type: ignore[attr-defined]
     context = engines[0].max_seq_len
     max_tokens = limit if limit is not None else max(1, min(DEFAULT_MAX_TOKENS, context - len(prompt_ids)))
@@ -91,9 +93,15 @@ def _admit(request: Request, key: ApiKey, body: _Sampling, prompt: str) -> _Admi
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[TokenEvent | _Done] = asyncio.Queue()
     gen = GenerationRequest(
-        request_id=rid, tenant_id=tenant, model=engine.model, engine_id=engine.engine_id,
-        tier=tier, prompt_ids=prompt_ids, max_tokens=max_tokens,
-        sampling=SamplingParams(body.temperature, body.top_p, body.seed), stop=body.stops(),
+        request_id=rid,
+        tenant_id=tenant,
+        model=engine.model,
+        engine_id=engine.engine_id,
+        tier=tier,
+        prompt_ids=prompt_ids,
+        max_tokens=max_tokens,
+        sampling=SamplingParams(body.temperature, body.top_p, body.seed),
+        stop=body.stops(),
         on_token=lambda ev: _send(loop, events, ev),
         on_finish=lambda outcome: _finished(svc, loop, events, rid, outcome),
     )
@@ -102,14 +110,20 @@ def _admit(request: Request, key: ApiKey, body: _Sampling, prompt: str) -> _Admi
     return _Admitted(gen, events, engine, int(time.time()))
 
 
-def _send(loop: asyncio.AbstractEventLoop, events: asyncio.Queue[TokenEvent | _Done],
-          event: TokenEvent) -> None:
+def _send(
+    loop: asyncio.AbstractEventLoop, events: asyncio.Queue[TokenEvent | _Done], event: TokenEvent
+) -> None:
     """Runs on the worker thread: hand a token to the request's event loop."""
     loop.call_soon_threadsafe(events.put_nowait, event)
 
 
-def _finished(svc: Any, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[TokenEvent | _Done],
-              request_id: str, outcome: object) -> None:
+def _finished(
+    svc: Any,
+    loop: asyncio.AbstractEventLoop,
+    events: asyncio.Queue[TokenEvent | _Done],
+    request_id: str,
+    outcome: object,
+) -> None:
     """Runs on the ledger writer thread once the record is durable (or on the failing thread).
 
     A request that ends in an exception was never priced: its reservation is released
@@ -134,8 +148,10 @@ def _usage(record: UsageRecord) -> dict[str, Any]:
 def _outcome_record(outcome: object) -> UsageRecord:
     if isinstance(outcome, UsageRecord):
         if outcome.status == Status.FAILED:
-            raise Unavailable(f"the engine failed while running request {outcome.request_id}; "
-                              "it was not charged; retry the request")
+            raise Unavailable(
+                f"the engine failed while running request {outcome.request_id}; "
+                "it was not charged; retry the request"
+            )
         return outcome
     raise Unavailable(f"the request could not be completed ({outcome}); it was not charged; retry")
 
@@ -163,8 +179,10 @@ async def _stream(request: Request, adm: _Admitted, chat: bool, include_usage: b
     base = {
         "id": ("chatcmpl-" if chat else "cmpl-") + rid,
         "object": "chat.completion.chunk" if chat else "text_completion",
-        "created": adm.created, "model": adm.engine.model,
-        "system_fingerprint": adm.engine.engine_id, "service_tier": adm.request.tier.value,
+        "created": adm.created,
+        "model": adm.engine.model,
+        "system_fingerprint": adm.engine.engine_id,
+        "service_tier": adm.request.tier.value,
     }
 
     def choice(text: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
@@ -186,8 +204,16 @@ async def _stream(request: Request, adm: _Admitted, chat: bool, include_usage: b
                 try:
                     record = _outcome_record(ev.outcome)
                 except InfermeterError as exc:
-                    yield _sse({"error": {"message": exc.message, "type": "server_error",
-                                          "param": None, "code": exc.code}})
+                    yield _sse(
+                        {
+                            "error": {
+                                "message": exc.message,
+                                "type": "server_error",
+                                "param": None,
+                                "code": exc.code,
+                            }
+                        }
+                    )
                     return
                 yield _sse({**base, "choices": [choice(None, _finish_reason(record))]})
                 if include_usage:
@@ -203,23 +229,44 @@ async def _stream(request: Request, adm: _Admitted, chat: bool, include_usage: b
 async def _respond(request: Request, key: ApiKey, body: _Sampling, prompt: str, chat: bool) -> Any:
     adm = _admit(request, key, body, prompt)
     if body.stream:
-        return StreamingResponse(_stream(request, adm, chat, body.include_usage()),
-                                 media_type="text/event-stream",
-                                 headers={"x-request-id": adm.request.request_id})
+        return StreamingResponse(
+            _stream(request, adm, chat, body.include_usage()),
+            media_type="text/event-stream",
+            headers={"x-request-id": adm.request.request_id},
+        )
     try:
         text, record, finish = await _collect(adm)
     except asyncio.CancelledError:
         _service(request).worker.cancel(adm.request.request_id)
         raise
-    common = {"created": adm.created, "model": record.model, "system_fingerprint": record.engine_id,
-              "service_tier": record.service_tier.value, "usage": _usage(record)}
+    common = {
+        "created": adm.created,
+        "model": record.model,
+        "system_fingerprint": record.engine_id,
+        "service_tier": record.service_tier.value,
+        "usage": _usage(record),
+    }
     if chat:
-        payload = {"id": "chatcmpl-" + record.request_id, "object": "chat.completion", **common,
-                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                "logprobs": None, "finish_reason": finish}]}
+        payload = {
+            "id": "chatcmpl-" + record.request_id,
+            "object": "chat.completion",
+            **common,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+        }
     else:
-        payload = {"id": "cmpl-" + record.request_id, "object": "text_completion", **common,
-                   "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+        payload = {
+            "id": "cmpl-" + record.request_id,
+            "object": "text_completion",
+            **common,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        }
     return JSONResponse(payload, headers={"x-request-id": record.request_id})
 
 
@@ -236,7 +283,5 @@ async def chat_completions(
 
 
 @router.post("/v1/completions")
-async def completions(
-    request: Request, body: CompletionRequest, key: ApiKey = Depends(api_key)
-) -> Any:
+async def completions(request: Request, body: CompletionRequest, key: ApiKey = Depends(api_key)) -> Any:
     return await _respond(request, key, body, body.text(), chat=False)

@@ -28,8 +28,14 @@ STATUS: list[tuple[type[e.InfermeterError], int, str]] = [
 ]
 
 
-def envelope(status: int, message: str, type_: str, param: str | None, code: str | None,
-             headers: dict[str, str] | None = None) -> JSONResponse:
+def envelope(
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None,
+    code: str | None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -40,20 +46,30 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "literal"}
 def _loc(loc: tuple[Any, ...]) -> str:
     """('body', 'messages', 0, 'role') -> 'messages[0].role'; union-member tags are dropped."""
     skip = ("body", "query", "path", "header")
-    parts = [str(p) for p in loc
-             if p not in skip and "[" not in str(p) and str(p).lower() not in _TYPE_TAGS]
+    parts = [str(p) for p in loc if p not in skip and "[" not in str(p) and str(p).lower() not in _TYPE_TAGS]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
     return out
 
 
-_BOUNDS = {"greater_than_equal": ("ge", ">="), "greater_than": ("gt", ">"),
-           "less_than_equal": ("le", "<="), "less_than": ("lt", "<")}
+_BOUNDS = {
+    "greater_than_equal": ("ge", ">="),
+    "greater_than": ("gt", ">"),
+    "less_than_equal": ("le", "<="),
+    "less_than": ("lt", "<"),
+}
 
 
-_KINDS = {"int": "an integer", "float": "a number", "string": "a string", "bool": "true or false",
-          "list": "a list", "dict": "an object", "model": "an object"}
+_KINDS = {
+    "int": "an integer",
+    "float": "a number",
+    "string": "a string",
+    "bool": "true or false",
+    "list": "a list",
+    "dict": "an object",
+    "model": "an object",
+}
 
 
 def _fix(error: Any) -> str:
@@ -91,8 +107,10 @@ def install(app: FastAPI) -> None:
         where = _loc(tuple(first.get("loc", ())))
         kind = first.get("type", "")
         if kind == "json_invalid":
-            msg = ("the request body is not valid JSON "
-                   f"({first.get('ctx', {}).get('error', 'parse error')}); send a JSON object")
+            msg = (
+                "the request body is not valid JSON "
+                f"({first.get('ctx', {}).get('error', 'parse error')}); send a JSON object"
+            )
             return envelope(400, msg, "invalid_request_error", None, "invalid_json")
         if kind == "missing":
             msg = f"'{where}' is required; add it to the request body"
@@ -114,5 +132,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
-        return envelope(500, "internal error; the request was not charged", "server_error", None,
-                        "internal_error")
+        return envelope(
+            500, "internal error; the request was not charged", "server_error", None, "internal_error"
+        )

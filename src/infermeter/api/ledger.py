@@ -1,12 +1,12 @@
 """The verifiable log over HTTP: public keys, checkpoints, proofs, receipts and corrections.
 
-  GET  /v1/ledger/key                          public keys (active and previous); no key needed
-  GET  /v1/ledger/checkpoints?after=&limit=    signed checkpoints, oldest first (any API key)
-  GET  /v1/ledger/consistency?first=M&second=N proof that checkpoint M is a prefix of N (any key)
-  GET  /v1/receipts/{record_id}                a record with its inclusion proof and checkpoint:
-                                               a tenant key gets only its own records (404 else)
-  POST /v1/admin/checkpoints                   sign a checkpoint now (admin key)
-  POST /v1/admin/corrections                   credit or reverse a record (admin key)
+GET  /v1/ledger/key                          public keys (active and previous); no key needed
+GET  /v1/ledger/checkpoints?after=&limit=    signed checkpoints, oldest first (any API key)
+GET  /v1/ledger/consistency?first=M&second=N proof that checkpoint M is a prefix of N (any key)
+GET  /v1/receipts/{record_id}                a record with its inclusion proof and checkpoint:
+                                             a tenant key gets only its own records (404 else)
+POST /v1/admin/checkpoints                   sign a checkpoint now (admin key)
+POST /v1/admin/corrections                   credit or reverse a record (admin key)
 """
 
 from __future__ import annotations
@@ -56,9 +56,14 @@ def checkpoints(
     rows = log.page(after=after, limit=limit + 1)
     page = rows[:limit]
     latest = log.latest()
-    return {"object": "list", "origin": log.origin, "data": [c.to_json() for c in page],
-            "has_more": len(rows) > limit, "next_after": page[-1].number if page else None,
-            "latest": latest.to_json() if latest else None}
+    return {
+        "object": "list",
+        "origin": log.origin,
+        "data": [c.to_json() for c in page],
+        "has_more": len(rows) > limit,
+        "next_after": page[-1].number if page else None,
+        "latest": latest.to_json() if latest else None,
+    }
 
 
 @router.get("/v1/ledger/consistency")
@@ -70,19 +75,29 @@ def consistency(
 ) -> dict[str, Any]:
     """RFC 9162 consistency proof between the checkpoints of sizes ``first`` <= ``second``."""
     if first > second:
-        raise InvalidRequest(f"first={first} is larger than second={second}; a consistency proof goes "
-                             "from the older, smaller tree to the newer one", param="first")
+        raise InvalidRequest(
+            f"first={first} is larger than second={second}; a consistency proof goes "
+            "from the older, smaller tree to the newer one",
+            param="first",
+        )
     log = _log(request)
     found = []
     for name, size in (("first", first), ("second", second)):
         cp = log.at_size(size)
         if cp is None:
-            raise NotFound(f"no checkpoint of tree size {size} ({name}); list the checkpointed sizes at "
-                           "/v1/ledger/checkpoints", param=name)
+            raise NotFound(
+                f"no checkpoint of tree size {size} ({name}); list the checkpointed sizes at "
+                "/v1/ledger/checkpoints",
+                param=name,
+            )
         found.append(cp)
     proof = log.consistency(first, second)
-    return {"object": "ledger.consistency", "first": found[0].to_json(), "second": found[1].to_json(),
-            "proof": [p.hex() for p in proof]}
+    return {
+        "object": "ledger.consistency",
+        "first": found[0].to_json(),
+        "second": found[1].to_json(),
+        "proof": [p.hex() for p in proof],
+    }
 
 
 @router.get("/v1/receipts/{record_id}")
@@ -94,8 +109,11 @@ def receipt(request: Request, record_id: str, key: ApiKey = Depends(api_key)) ->
         raise NotFound(f"no usage record {record_id!r} for this tenant; list yours at /v1/usage/records")
     cp = log.covering(entry.seq)
     if log.leaf(entry.seq) != leaf_hash(entry.payload.encode()):
-        raise LedgerIntegrityError(f"ledger entry {entry.seq} ({entry.record_id}) changed after it was "
-                                   "added to the tree; run `infermeter ledger verify`", seq=entry.seq)
+        raise LedgerIntegrityError(
+            f"ledger entry {entry.seq} ({entry.record_id}) changed after it was "
+            "added to the tree; run `infermeter ledger verify`",
+            seq=entry.seq,
+        )
     return build_receipt(entry.payload, entry.seq, log.inclusion(entry.seq, cp.tree_size), cp)
 
 
@@ -111,7 +129,7 @@ class CorrectionBody(BaseModel):
 
     record_id: str = Field(min_length=1)
     kind: Literal["credit", "reversal"]
-    amount: str | None = Field(None, description="credit only: a decimal string, e.g. \"0.50\"")
+    amount: str | None = Field(None, description='credit only: a decimal string, e.g. "0.50"')
     reason: str
 
 
@@ -121,7 +139,13 @@ def correct(request: Request, body: CorrectionBody, key: ApiKey = Depends(admin_
     svc = request.app.state.service
     done = issue_correction(svc.store, body.record_id, body.kind, body.reason, body.amount)
     svc.budgets.refresh(done.record.tenant_id, spent=True)  # the tenant's spend went down
-    return {"object": "ledger.correction", "correction": record_view(done.record, done.seq),
-            "corrects": done.original.record_id, "currency": done.record.currency,
-            "remaining": {"cost": format_decimal(done.remaining.cost),
-                          "ru": format_decimal(micros_to_decimal(done.remaining.ru_micros), 6)}}
+    return {
+        "object": "ledger.correction",
+        "correction": record_view(done.record, done.seq),
+        "corrects": done.original.record_id,
+        "currency": done.record.currency,
+        "remaining": {
+            "cost": format_decimal(done.remaining.cost),
+            "ru": format_decimal(micros_to_decimal(done.remaining.ru_micros), 6),
+        },
+    }

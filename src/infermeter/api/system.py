@@ -20,20 +20,35 @@ def models(request: Request, key: ApiKey = Depends(api_key)) -> dict[str, Any]:
     data = []
     for model in svc.router.models():
         engines = svc.router.engines(model)
-        data.append({
-            "id": model, "object": "model", "created": 0, "owned_by": "infermeter",
-            "engines": [{"engine_id": e.engine_id, "backend": e.backend, "precision": e.precision.value,
-                         "device": e.device, "max_seq_len": e.max_seq_len} for e in engines],
-        })
+        data.append(
+            {
+                "id": model,
+                "object": "model",
+                "created": 0,
+                "owned_by": "infermeter",
+                "engines": [
+                    {
+                        "engine_id": e.engine_id,
+                        "backend": e.backend,
+                        "precision": e.precision.value,
+                        "device": e.device,
+                        "max_seq_len": e.max_seq_len,
+                    }
+                    for e in engines
+                ],
+            }
+        )
     return {"object": "list", "data": data}
 
 
 @router.get("/healthz")
 async def healthz(request: Request) -> dict[str, Any]:
     svc = request.app.state.service
-    return {"status": "ok" if svc.started else "starting",
-            "engines": [e.engine_id for e in svc.engine_infos()],
-            "ledger_entries": svc.store.ledger_size()}
+    return {
+        "status": "ok" if svc.started else "starting",
+        "engines": [e.engine_id for e in svc.engine_infos()],
+        "ledger_entries": svc.store.ledger_size(),
+    }
 
 
 @router.get("/metrics")

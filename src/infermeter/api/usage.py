@@ -28,15 +28,20 @@ def _time(value: str | None, name: str) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidRequest(f"{name}={value!r} is not an ISO 8601 date or time; "
-                             "use e.g. 2026-11-01 or 2026-11-01T00:00:00Z", param=name) from None
+        raise InvalidRequest(
+            f"{name}={value!r} is not an ISO 8601 date or time; use e.g. 2026-11-01 or 2026-11-01T00:00:00Z",
+            param=name,
+        ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def row_view(row: UsageRow) -> dict[str, Any]:
     return {
-        "key": row.key, "requests": row.requests, "prompt_tokens": row.prompt_tokens,
-        "completion_tokens": row.completion_tokens, "device_ms": row.device_us / 1000,
+        "key": row.key,
+        "requests": row.requests,
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "device_ms": row.device_us / 1000,
         "ru": format_decimal(row.ru_micros / Decimal(10**6)),
         "cost": format_decimal(row.cost),
     }
@@ -54,9 +59,14 @@ def usage(
     tenant = tenant_of(key)
     rows = svc.store.usage_summary(tenant, group_by, _time(start, "start"), _time(end, "end"))
     data = [row_view(r) for r in rows]
-    return {"object": "list", "tenant_id": tenant, "group_by": group_by, "data": data,
-            "currency": svc.plan.currency,
-            "total_cost": format_decimal(sum((r.cost for r in rows), start=Decimal(0)))}
+    return {
+        "object": "list",
+        "tenant_id": tenant,
+        "group_by": group_by,
+        "data": data,
+        "currency": svc.plan.currency,
+        "total_cost": format_decimal(sum((r.cost for r in rows), start=Decimal(0))),
+    }
 
 
 @router.get("/v1/usage/records")
@@ -70,13 +80,17 @@ def usage_records(
 ) -> dict[str, Any]:
     svc = request.app.state.service
     tenant = tenant_of(key)
-    rows = svc.store.list_records(tenant, limit=limit + 1, after_seq=after,
-                                  start=_time(start, "start"), end=_time(end, "end"))
+    rows = svc.store.list_records(
+        tenant, limit=limit + 1, after_seq=after, start=_time(start, "start"), end=_time(end, "end")
+    )
     page = rows[:limit]
     windows = svc.window_ledger.meters_many(r.request_id for _, r in page) if svc.window_ledger else {}
-    return {"object": "list", "data": [record_view(r, seq, windows.get(r.request_id))
-                                       for seq, r in page],
-            "has_more": len(rows) > limit, "next_after": page[-1][0] if page else None}
+    return {
+        "object": "list",
+        "data": [record_view(r, seq, windows.get(r.request_id)) for seq, r in page],
+        "has_more": len(rows) > limit,
+        "next_after": page[-1][0] if page else None,
+    }
 
 
 @router.get("/v1/usage/records/{record_id}")

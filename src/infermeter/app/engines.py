@@ -19,20 +19,19 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from infermeter.app.service import LoadedEngine
 from infermeter.config import Settings
 from infermeter.core.errors import ConfigError, StaleEngine
 from infermeter.core.timing import NullTimer, StepTimer
 from infermeter.core.types import Precision
-from infermeter.runtime.build.builder import (
+from infermeter.runtime.builtin_model import BUILTIN_MODEL_NAME
+from infermeter.runtime.compile.builder import (
     build_engine,
     model_context,
     resolve_source,
     source_spec,
 )
-from infermeter.runtime.build.metadata import BuildArgs, EngineRecord
-from infermeter.runtime.builtin_model import BUILTIN_MODEL_NAME
-from infermeter.runtime.engine import Engine
+from infermeter.runtime.compile.metadata import BuildArgs, EngineRecord
+from infermeter.runtime.engine import Engine, LoadedEngine
 from infermeter.runtime.engine_store import EngineStore, RuntimeEnv, onnxruntime_env
 from infermeter.runtime.ort_backend import OrtEngine
 from infermeter.runtime.tokenizer import load_tokenizer
@@ -42,15 +41,12 @@ log = logging.getLogger(__name__)
 DEFAULT_BACKEND = "onnxruntime"
 
 
-def load_default_engines(
-    settings: Settings, timer_factory: Callable[[], StepTimer]
-) -> list[LoadedEngine]:
+def load_default_engines(settings: Settings, timer_factory: Callable[[], StepTimer]) -> list[LoadedEngine]:
     """The engines ``serve`` runs, each with its tokenizer (see the module docstring)."""
     store = EngineStore(settings.home)
     try:
         wanted = ensure_default_engines(store, settings)
-        records = wanted + [r for r in servable(store) if r.sha256 not in
-                            {w.sha256 for w in wanted}]
+        records = wanted + [r for r in servable(store) if r.sha256 not in {w.sha256 for w in wanted}]
         records = _newest_per_kind(records)
         loaded = []
         for record in records:
@@ -80,8 +76,9 @@ def ensure_default_engines(store: EngineStore, settings: Settings) -> list[Engin
     for spec, name in sources:
         source = resolve_source(spec, settings.models_dir, name)
         for precision in precisions:
-            args = BuildArgs(spec, DEFAULT_BACKEND, precision, settings.max_batch,
-                             model_context(source), model_name=name)
+            args = BuildArgs(
+                spec, DEFAULT_BACKEND, precision, settings.max_batch, model_context(source), model_name=name
+            )
             records.append(_current(store, args, source.name, env) or _build(store, args, settings))
     return records
 
@@ -131,7 +128,7 @@ def runtime_env_for(record: EngineRecord) -> RuntimeEnv | None:
 
             return torch_env("cuda" if record.device == "cuda" else "cpu")
         if record.backend == "tensorrt":
-            from infermeter.runtime.build.tensorrt_builder import tensorrt_env
+            from infermeter.runtime.compile.tensorrt_builder import tensorrt_env
 
             return tensorrt_env()
     except ConfigError as exc:
@@ -140,7 +137,7 @@ def runtime_env_for(record: EngineRecord) -> RuntimeEnv | None:
 
 
 def engine_status(store: EngineStore, record: EngineRecord) -> str:
-    """"ok", "stale: <why and how to rebuild>" or "foreign: <what it needs>"."""
+    """ "ok", "stale: <why and how to rebuild>" or "foreign: <what it needs>"."""
     env = runtime_env_for(record)
     if env is None:
         return f"foreign: needs {record.runtime} on {record.device}"
@@ -160,9 +157,11 @@ def load_engine(
     """Check ``record`` against this machine and load it; StaleEngine names the rebuild."""
     env = runtime_env_for(record)
     if env is None:
-        raise StaleEngine(f"engine {record.engine_id} needs {record.runtime} on {record.device}, "
-                          f"which this machine lacks; rebuild it with "
-                          f"`{replace(record.build, backend=DEFAULT_BACKEND).command()}`")
+        raise StaleEngine(
+            f"engine {record.engine_id} needs {record.runtime} on {record.device}, "
+            f"which this machine lacks; rebuild it with "
+            f"`{replace(record.build, backend=DEFAULT_BACKEND).command()}`"
+        )
     engine_dir = store.check(record, env)
     device_class = _device_class(record, env)
 
@@ -177,26 +176,45 @@ def load_engine(
 
     engine: Engine
     if record.backend == "onnxruntime":
-        engine = OrtEngine.load(engine_dir, precision=record.precision, timer=timer_factory(),
-                                intra_op_threads=settings.intra_op_threads or None,
-                                max_batch=record.max_batch, engine_id=record.engine_id,
-                                model_name=record.model, model_file=record.artifact)
+        engine = OrtEngine.load(
+            engine_dir,
+            precision=record.precision,
+            timer=timer_factory(),
+            intra_op_threads=settings.intra_op_threads or None,
+            max_batch=record.max_batch,
+            engine_id=record.engine_id,
+            model_name=record.model,
+            model_file=record.artifact,
+        )
     elif record.backend == "torch":
         from infermeter.runtime.torch_backend import TorchEngine
 
-        engine = TorchEngine.load(engine_dir, precision=record.precision, timer_factory=timer_for,
-                                  device="cuda" if record.device == "cuda" else "cpu",
-                                  max_batch=record.max_batch, engine_id=record.engine_id,
-                                  model_name=record.model, device_class=device_class)
+        engine = TorchEngine.load(
+            engine_dir,
+            precision=record.precision,
+            timer_factory=timer_for,
+            device="cuda" if record.device == "cuda" else "cpu",
+            max_batch=record.max_batch,
+            engine_id=record.engine_id,
+            model_name=record.model,
+            device_class=device_class,
+        )
     else:
         from infermeter.runtime.trt_backend import TrtEngine
 
-        engine = TrtEngine.load(engine_dir, precision=record.precision, timer_factory=timer_for,
-                                dims=record.options["dims"], profiles=record.profiles,
-                                model=record.model, engine_id=record.engine_id,
-                                max_batch=record.max_batch, max_seq_len=record.max_seq_len,
-                                device_class=device_class,
-                                rebuild_hint=f"rebuild it with `{record.build.command()}`")
+        engine = TrtEngine.load(
+            engine_dir,
+            precision=record.precision,
+            timer_factory=timer_for,
+            dims=record.options["dims"],
+            profiles=record.profiles,
+            model=record.model,
+            engine_id=record.engine_id,
+            max_batch=record.max_batch,
+            max_seq_len=record.max_seq_len,
+            device_class=device_class,
+            rebuild_hint=f"rebuild it with `{record.build.command()}`",
+        )
     engine.info = replace(
         engine.info, profiles=record.profiles, device_class=device_class,
         max_batch=min(record.max_batch, engine.info.max_batch),
@@ -215,8 +233,10 @@ def _device_class(record: EngineRecord, env: RuntimeEnv) -> str:
 
     device_class = device_class_for(env.device_name)
     if device_class is None:
-        raise ConfigError(f"GPU {env.device_name!r} has no RU factors; run `infermeter calibrate` "
-                          "on it or serve its engines on a priced GPU")
+        raise ConfigError(
+            f"GPU {env.device_name!r} has no RU factors; run `infermeter calibrate` "
+            "on it or serve its engines on a priced GPU"
+        )
     return device_class
 
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from infermeter.api.metrics import Metrics
 from infermeter.billing.budgets import Budgets
 from infermeter.billing.pricing import PricePlan
 from infermeter.billing.store import AppendResult, Store
@@ -35,6 +34,7 @@ from infermeter.core.types import ServiceTier, Status
 from infermeter.metering.attribution import TOKEN_PROPORTIONAL, CostModel, attribute
 from infermeter.metering.meter import MeterBook
 from infermeter.metering.ru import RuTable
+from infermeter.observability.metrics import Metrics
 from infermeter.runtime.engine import EngineInfo
 from infermeter.runtime.worker import FinishedRequest
 
@@ -215,9 +215,13 @@ class MeteringPipeline:
     def _bind_step_metrics(self, engine: str) -> _StepMetrics:
         """Label lookups cost microseconds each; a step's instruments are bound once per engine."""
         ms = self.metrics.engine_device_ms
-        bound = _StepMetrics(self.metrics.step_seconds.labels(engine),
-                             self.metrics.step_batch.labels(engine), ms.labels(engine, "billed"),
-                             ms.labels(engine, "warmup"), ms.labels(engine, "unattributed"))
+        bound = _StepMetrics(
+            self.metrics.step_seconds.labels(engine),
+            self.metrics.step_batch.labels(engine),
+            ms.labels(engine, "billed"),
+            ms.labels(engine, "warmup"),
+            ms.labels(engine, "unattributed"),
+        )
         self._step_metrics[engine] = bound
         return bound
 
@@ -245,20 +249,37 @@ class MeteringPipeline:
     def build_record(self, finished: FinishedRequest) -> UsageRecord:
         req, info = finished.request, finished.engine
         meters = self.book.pop(req.request_id)
-        ru_micros = self.ru_table.ru_micros(info.device_class, info.precision,
-                                            meters.prefill_us, meters.decode_us)
+        ru_micros = self.ru_table.ru_micros(
+            info.device_class, info.precision, meters.prefill_us, meters.decode_us
+        )
         cost = Decimal(0) if finished.status == Status.FAILED else self.plan.cost(ru_micros, req.tier)
         return UsageRecord(
-            record_id=new_record_id(), request_id=req.request_id, tenant_id=req.tenant_id,
-            model=info.model, engine_id=info.engine_id, device=info.device,
-            precision=info.precision, service_tier=req.tier, status=finished.status,
-            prompt_tokens=finished.prompt_tokens, completion_tokens=finished.completion_tokens,
-            cached_tokens=0, device_us=meters.device_us, prefill_us=meters.prefill_us,
-            decode_us=meters.decode_us, kv_mb_s=meters.kv_mb_s, ru_micros=ru_micros, cost=cost,
-            currency=self.plan.currency, queue_ms=finished.queue_ms,
-            latency_ms=finished.latency_ms, started_at=finished.started_at,
-            ended_at=finished.ended_at, cost_model_version=self.cost_model(info.engine_id).version,
-            ru_table_version=self.ru_table.version, price_plan_version=self.plan.version,
+            record_id=new_record_id(),
+            request_id=req.request_id,
+            tenant_id=req.tenant_id,
+            model=info.model,
+            engine_id=info.engine_id,
+            device=info.device,
+            precision=info.precision,
+            service_tier=req.tier,
+            status=finished.status,
+            prompt_tokens=finished.prompt_tokens,
+            completion_tokens=finished.completion_tokens,
+            cached_tokens=0,
+            device_us=meters.device_us,
+            prefill_us=meters.prefill_us,
+            decode_us=meters.decode_us,
+            kv_mb_s=meters.kv_mb_s,
+            ru_micros=ru_micros,
+            cost=cost,
+            currency=self.plan.currency,
+            queue_ms=finished.queue_ms,
+            latency_ms=finished.latency_ms,
+            started_at=finished.started_at,
+            ended_at=finished.ended_at,
+            cost_model_version=self.cost_model(info.engine_id).version,
+            ru_table_version=self.ru_table.version,
+            price_plan_version=self.plan.version,
         )
 
     def warmup_record(self, info: EngineInfo, steps: list[StepRecord]) -> UsageRecord:
@@ -266,19 +287,38 @@ class MeteringPipeline:
         device_us = sum(s.device_us for s in steps)
         now = utc_now()
         return UsageRecord(
-            record_id=new_record_id(), request_id=f"warmup:{info.engine_id}:{now.isoformat()}",
-            tenant_id=PLATFORM_TENANT, model=info.model, engine_id=info.engine_id,
-            device=info.device, precision=info.precision, service_tier=ServiceTier.DEFAULT,
-            status=Status.COMPLETED, prompt_tokens=0, completion_tokens=0, cached_tokens=0,
-            device_us=device_us, prefill_us=0, decode_us=0, kv_mb_s=Decimal(0), ru_micros=0,
-            cost=Decimal(0), currency=self.plan.currency, queue_ms=0, latency_ms=device_us // 1000,
-            started_at=now, ended_at=now, cost_model_version=self.cost_model(info.engine_id).version,
-            ru_table_version=self.ru_table.version, price_plan_version=self.plan.version,
+            record_id=new_record_id(),
+            request_id=f"warmup:{info.engine_id}:{now.isoformat()}",
+            tenant_id=PLATFORM_TENANT,
+            model=info.model,
+            engine_id=info.engine_id,
+            device=info.device,
+            precision=info.precision,
+            service_tier=ServiceTier.DEFAULT,
+            status=Status.COMPLETED,
+            prompt_tokens=0,
+            completion_tokens=0,
+            cached_tokens=0,
+            device_us=device_us,
+            prefill_us=0,
+            decode_us=0,
+            kv_mb_s=Decimal(0),
+            ru_micros=0,
+            cost=Decimal(0),
+            currency=self.plan.currency,
+            queue_ms=0,
+            latency_ms=device_us // 1000,
+            started_at=now,
+            ended_at=now,
+            cost_model_version=self.cost_model(info.engine_id).version,
+            ru_table_version=self.ru_table.version,
+            price_plan_version=self.plan.version,
             warmup=True,
         )
 
-    def estimate_cost(self, info: EngineInfo, tier: ServiceTier, prompt_tokens: int,
-                      max_tokens: int) -> Decimal:
+    def estimate_cost(
+        self, info: EngineInfo, tier: ServiceTier, prompt_tokens: int, max_tokens: int
+    ) -> Decimal:
         """A bounded worst case for the budget reservation: never used as a price."""
         rates = self._rates.get(info.engine_id, _Rates())
         prefill_us, decode_us = rates.estimate_us(prompt_tokens, max_tokens)

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from infermeter.api.metrics import Metrics
 from infermeter.billing.budgets import Budgets
 from infermeter.billing.checkpoint_log import CheckpointLog, CheckpointScheduler
 from infermeter.billing.pricing import DEFAULT_PLAN, PricePlan
@@ -28,7 +26,8 @@ from infermeter.metering.sampler import WindowSampler
 from infermeter.metering.sources import make_source
 from infermeter.metering.timers import CpuStepTimer
 from infermeter.metering.window_ledger import WindowLedger, WindowMeters
-from infermeter.runtime.engine import Engine, EngineInfo, Tokenizer
+from infermeter.observability.metrics import Metrics
+from infermeter.runtime.engine import EngineInfo, LoadedEngine, Tokenizer
 from infermeter.runtime.router import Router
 from infermeter.runtime.scheduler import SchedulerConfig
 from infermeter.runtime.worker import Worker
@@ -36,12 +35,6 @@ from infermeter.runtime.worker import Worker
 from .pipeline import MeteringPipeline
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedEngine:
-    engine: Engine
-    tokenizer: Tokenizer
 
 
 class Service:
@@ -59,8 +52,9 @@ class Service:
         self.store: Store = store or SqliteStore(settings.db_path, synchronous=settings.synchronous)
         self.metrics = Metrics()
         # The verifiable log: the signing key is made here on first start (billing.signing).
-        self.checkpoints = CheckpointLog(getattr(self.store, "path", settings.db_path),
-                                         LedgerKeys(settings.home / "keys"))
+        self.checkpoints = CheckpointLog(
+            getattr(self.store, "path", settings.db_path), LedgerKeys(settings.home / "keys")
+        )
         self._checkpointer: CheckpointScheduler | None = None
         limit_default = Decimal(settings.default_budget) if settings.default_budget else None
         self.budgets = Budgets(spent_of=self.store.spent, limit_of=self._limit_of)
@@ -71,8 +65,9 @@ class Service:
         if calibration is not None and ru_table is SEED_TABLE:
             ru_table = calibration.ru_table
         self.ru_table = ru_table
-        self.pipeline = MeteringPipeline(self.store, self.budgets, plan, ru_table, self.metrics,
-                                         enabled=settings.metering)
+        self.pipeline = MeteringPipeline(
+            self.store, self.budgets, plan, ru_table, self.metrics, enabled=settings.metering
+        )
         # Cost models: the one an engine's build recorded, then the newest calibration's.
         for loaded in engines:
             recorded = loaded.engine.info.extra.get("cost_model")
@@ -86,12 +81,16 @@ class Service:
         self.tokenizers: dict[str, Tokenizer] = {}
         for loaded in engines:
             info = loaded.engine.info
-            self.worker.add_engine(loaded.engine, loaded.tokenizer, SchedulerConfig(
-                max_batch=min(settings.max_batch, info.max_batch),
-                token_budget=settings.token_budget,
-                prefill_chunk=settings.prefill_chunk,
-                max_seq_len=info.max_seq_len,
-            ))
+            self.worker.add_engine(
+                loaded.engine,
+                loaded.tokenizer,
+                SchedulerConfig(
+                    max_batch=min(settings.max_batch, info.max_batch),
+                    token_budget=settings.token_budget,
+                    prefill_chunk=settings.prefill_chunk,
+                    max_seq_len=info.max_seq_len,
+                ),
+            )
             self.tokenizers[info.engine_id] = loaded.tokenizer
         self.router = Router(e.engine.info for e in engines)
         self._engines = list(engines)
@@ -104,8 +103,12 @@ class Service:
             return None, None
         ledger = WindowLedger(settings.db_path)
         gpm = settings.sampler in ("nvml", "dcgm")  # GPM windows under 100 ms read false zeros
-        sampler = WindowSampler(source, ledger.write, window_ms=settings.window_ms,
-                                min_activity_ms=100 if gpm else min(100, settings.window_ms))
+        sampler = WindowSampler(
+            source,
+            ledger.write,
+            window_ms=settings.window_ms,
+            min_activity_ms=100 if gpm else min(100, settings.window_ms),
+        )
         self.pipeline.step_sink = sampler.record_step
         return sampler, ledger
 

@@ -52,8 +52,14 @@ class LedgerEntry:
 class CheckpointLog:
     """Checkpoints and proofs over one SQLite ledger. Thread-safe; ``close`` when done."""
 
-    def __init__(self, db_path: Path | str, keys: LedgerKeys, *, clock: Callable[[], datetime] = utc_now,
-                 tile: int = 16) -> None:
+    def __init__(
+        self,
+        db_path: Path | str,
+        keys: LedgerKeys,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        tile: int = 16,
+    ) -> None:
         self.path = Path(db_path)
         self.keys = keys
         self._clock = clock
@@ -74,25 +80,34 @@ class CheckpointLog:
                 start = self._cache.size
                 cursor = conn.execute(
                     "SELECT seq, record_id, payload, leaf_hash FROM ledger WHERE seq >= ? AND seq < ? "
-                    "ORDER BY seq", (start, size))
+                    "ORDER BY seq",
+                    (start, size),
+                )
                 expected = start
                 while rows := cursor.fetchmany(_CHUNK):
                     leaves: list[bytes] = []
                     for seq, record_id, payload, stored in rows:
                         leaf = leaf_hash(payload.encode())
                         if seq != expected or leaf.hex() != stored:
-                            why = (f"is missing (the next row is {seq})" if seq != expected
-                                   else "has a payload that does not match its stored leaf hash")
+                            why = (
+                                f"is missing (the next row is {seq})"
+                                if seq != expected
+                                else "has a payload that does not match its stored leaf hash"
+                            )
                             raise LedgerIntegrityError(
                                 f"ledger entry {expected} ({record_id}) {why}; no checkpoint will be "
-                                "signed over it: run `infermeter ledger verify`", seq=expected)
+                                "signed over it: run `infermeter ledger verify`",
+                                seq=expected,
+                            )
                         leaves.append(leaf)
                         expected += 1
                     self._cache.extend(leaves)
                 if expected != size:
                     raise LedgerIntegrityError(
                         f"the ledger head records {size} entries but entries {expected}..{size - 1} are "
-                        "missing; run `infermeter ledger verify`", seq=expected)
+                        "missing; run `infermeter ledger verify`",
+                        seq=expected,
+                    )
             finally:
                 conn.execute("COMMIT")
             return self._cache.size
@@ -119,8 +134,10 @@ class CheckpointLog:
 
     def _ensure(self, size: int) -> None:
         if size > self._cache.size and self.sync() < size:
-            raise NotFound(f"the ledger has {self._cache.size} entries, fewer than {size}; "
-                           "ask for a tree size it has reached")
+            raise NotFound(
+                f"the ledger has {self._cache.size} entries, fewer than {size}; "
+                "ask for a tree size it has reached"
+            )
 
     # checkpoints ---------------------------------------------------------------------------
     def checkpoint(self) -> tuple[Checkpoint, bool]:
@@ -137,11 +154,14 @@ class CheckpointLog:
                 if latest.tree_size > size:
                     raise LedgerIntegrityError(
                         f"checkpoint {latest.number} covers {latest.tree_size} entries but the ledger has "
-                        f"{size}: entries were removed; run `infermeter ledger verify`", seq=size)
+                        f"{size}: entries were removed; run `infermeter ledger verify`",
+                        seq=size,
+                    )
                 if self._cache.root(latest.tree_size).hex() != latest.root_hash:
                     raise LedgerIntegrityError(
                         f"the ledger no longer matches checkpoint {latest.number} (tree size "
-                        f"{latest.tree_size}); refusing to sign over it: run `infermeter ledger verify`")
+                        f"{latest.tree_size}); refusing to sign over it: run `infermeter ledger verify`"
+                    )
                 if latest.tree_size == size and latest.key_id == key_id:
                     return latest, False
             cp = sign_checkpoint(key_id, key, self.origin, size, self._cache.root(size), self._clock())
@@ -150,7 +170,8 @@ class CheckpointLog:
                 cursor = self._conn.execute(
                     "INSERT INTO checkpoints (origin, tree_size, root_hash, timestamp, key_id, signature) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (cp.origin, cp.tree_size, cp.root_hash, cp.timestamp, cp.key_id, cp.signature))
+                    (cp.origin, cp.tree_size, cp.root_hash, cp.timestamp, cp.key_id, cp.signature),
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -173,14 +194,16 @@ class CheckpointLog:
 
     def at_size(self, tree_size: int) -> Checkpoint | None:
         """The newest checkpoint of exactly ``tree_size`` entries."""
-        return self._one(f"SELECT {_CP_COLS} FROM checkpoints WHERE tree_size = ? ORDER BY number DESC "
-                         "LIMIT 1", tree_size)
+        return self._one(
+            f"SELECT {_CP_COLS} FROM checkpoints WHERE tree_size = ? ORDER BY number DESC LIMIT 1", tree_size
+        )
 
     def page(self, *, after: int = 0, limit: int = 100) -> list[Checkpoint]:
         """Checkpoints in the order they were made, numbered after ``after``."""
         with self._lock:
-            rows = self._conn.execute(f"SELECT {_CP_COLS} FROM checkpoints WHERE number > ? ORDER BY number "
-                                      "LIMIT ?", (after, limit)).fetchall()
+            rows = self._conn.execute(
+                f"SELECT {_CP_COLS} FROM checkpoints WHERE number > ? ORDER BY number LIMIT ?", (after, limit)
+            ).fetchall()
         return [Checkpoint(*r) for r in rows]
 
     def _one(self, sql: str, *args: object) -> Checkpoint | None:
@@ -195,7 +218,9 @@ class CheckpointLog:
             row = self._conn.execute(
                 "SELECT seq, record_id, tenant_id, payload FROM ledger WHERE record_id = ? "
                 "UNION ALL SELECT seq, record_id, tenant_id, payload FROM ledger WHERE request_id = ? "
-                "LIMIT 1", (record_or_request_id, record_or_request_id)).fetchone()
+                "LIMIT 1",
+                (record_or_request_id, record_or_request_id),
+            ).fetchone()
         return None if row is None else LedgerEntry(*row)
 
     # verification --------------------------------------------------------------------------
@@ -208,8 +233,10 @@ class CheckpointLog:
                 cursor = self._conn.execute("SELECT payload FROM ledger ORDER BY seq")
                 while rows := cursor.fetchmany(_CHUNK):
                     tree.extend(leaf_hash(p.encode()) for (p,) in rows)
-                checkpoints = [Checkpoint(*r) for r in self._conn.execute(
-                    f"SELECT {_CP_COLS} FROM checkpoints ORDER BY number")]
+                checkpoints = [
+                    Checkpoint(*r)
+                    for r in self._conn.execute(f"SELECT {_CP_COLS} FROM checkpoints ORDER BY number")
+                ]
             finally:
                 self._conn.execute("COMMIT")
         return verify_checkpoints(checkpoints, tree.size, tree.root, self.keys.public_keys(), self.origin)

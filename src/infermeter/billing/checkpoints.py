@@ -68,15 +68,28 @@ class Checkpoint:
             raise ValueError(f"a checkpoint is a JSON object, got {type(data).__name__}")
         if data.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint format {data.get('format')!r} is not {CHECKPOINT_FORMAT!r}")
-        types: dict[str, type] = {"origin": str, "tree_size": int, "root_hash": str,
-                                  "timestamp": str, "key_id": str, "signature": str}
+        types: dict[str, type] = {
+            "origin": str,
+            "tree_size": int,
+            "root_hash": str,
+            "timestamp": str,
+            "key_id": str,
+            "signature": str,
+        }
         for name, kind in types.items():
             value = data.get(name)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(f"checkpoint field {name!r} is {value!r}; expected a {kind.__name__}")
         number = data.get("number", 0)
-        return cls(number if isinstance(number, int) else 0, data["origin"], data["tree_size"],
-                   data["root_hash"], data["timestamp"], data["key_id"], data["signature"])
+        return cls(
+            number if isinstance(number, int) else 0,
+            data["origin"],
+            data["tree_size"],
+            data["root_hash"],
+            data["timestamp"],
+            data["key_id"],
+            data["signature"],
+        )
 
 
 def sign_checkpoint(
@@ -94,15 +107,19 @@ def signature_problem(cp: Checkpoint, public_keys: Mapping[str, bytes]) -> str |
     key = public_keys.get(cp.key_id)
     if key is None:
         known = ", ".join(sorted(public_keys)) or "none"
-        return (f"it names key {cp.key_id}, which is not among the public keys given ({known}); "
-                "fetch every key from GET /v1/ledger/key")
+        return (
+            f"it names key {cp.key_id}, which is not among the public keys given ({known}); "
+            "fetch every key from GET /v1/ledger/key"
+        )
     try:
         signature = base64.b64decode(cp.signature, validate=True)
     except (binascii.Error, ValueError):
         return "its signature is not base64"
     if not verify_signature(key, signature, cp.body()):
-        return (f"its signature does not verify with key {cp.key_id}: the checkpoint was altered "
-                "after it was signed, or was not signed by this log")
+        return (
+            f"its signature does not verify with key {cp.key_id}: the checkpoint was altered "
+            "after it was signed, or was not signed by this log"
+        )
     return None
 
 
@@ -136,31 +153,40 @@ def verify_checkpoints(
     for cp in checkpoints:
         where = f"checkpoint {cp.number} (tree size {cp.tree_size}, signed {cp.timestamp} by key {cp.key_id})"
         if origin is not None and cp.origin != origin:
-            return CheckpointReport(False, cp.number, cp.number, None,
-                                    f"{where} is of log {cp.origin!r}, not this log {origin!r}")
+            return CheckpointReport(
+                False, cp.number, cp.number, None, f"{where} is of log {cp.origin!r}, not this log {origin!r}"
+            )
         problem = signature_problem(cp, public_keys)
         if problem is not None:
             return CheckpointReport(False, cp.number, cp.number, None, f"{where} is not valid: {problem}")
         if cp.tree_size > ledger_size:
             return CheckpointReport(
-                False, cp.number, cp.number, ledger_size,
+                False,
+                cp.number,
+                cp.number,
+                ledger_size,
                 f"{where} covers {cp.tree_size} entries but the ledger has {ledger_size}: entries "
-                f"{ledger_size}..{cp.tree_size - 1} were removed after it was signed")
+                f"{ledger_size}..{cp.tree_size - 1} were removed after it was signed",
+            )
         if root_of(cp.tree_size).hex() != cp.root_hash:
             low = max(s for s in matched if s <= cp.tree_size)
             return CheckpointReport(
-                False, cp.number, cp.number, None,
+                False,
+                cp.number,
+                cp.number,
+                None,
                 f"{where} does not match the ledger: entries 0..{cp.tree_size - 1} hash to "
                 f"{root_of(cp.tree_size).hex()}, not its signed root {cp.root_hash}; an entry in "
-                f"{low}..{cp.tree_size - 1} was changed, removed or reordered after it was signed")
+                f"{low}..{cp.tree_size - 1} was changed, removed or reordered after it was signed",
+            )
         matched.append(cp.tree_size)
     n = len(checkpoints)
     newest = max(matched)
     if newest < ledger_size:  # not an error: the next scheduled checkpoint will sign them
-        unsigned = (f"entry {newest} is" if newest == ledger_size - 1
-                    else f"entries {newest}..{ledger_size - 1} are")
-        last = (f"; {unsigned} not signed by a checkpoint yet "
-                "(`infermeter ledger checkpoint` signs them now)")
+        unsigned = (
+            f"entry {newest} is" if newest == ledger_size - 1 else f"entries {newest}..{ledger_size - 1} are"
+        )
+        last = f"; {unsigned} not signed by a checkpoint yet (`infermeter ledger checkpoint` signs them now)"
     else:
         last = f"; the newest covers all {ledger_size} entries" if checkpoints else ""
     noun = "checkpoint" if n == 1 else "checkpoints"

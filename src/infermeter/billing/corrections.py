@@ -49,23 +49,29 @@ class Remaining:
 
 
 def remaining(original: UsageRecord, prior: list[UsageRecord]) -> Remaining:
-    return Remaining(original.cost + sum((c.cost for c in prior), Decimal(0)),
-                     original.ru_micros + sum(c.ru_micros for c in prior))
+    return Remaining(
+        original.cost + sum((c.cost for c in prior), Decimal(0)),
+        original.ru_micros + sum(c.ru_micros for c in prior),
+    )
 
 
 def parse_amount(text: str | Decimal, currency: str) -> Decimal:
     """A credit amount: a positive, finite decimal (never a float)."""
     if isinstance(text, float | bool):
-        raise InvalidRequest(f"amount {text!r} must be a decimal string such as \"0.50\", not a number",
-                             param="amount")
+        raise InvalidRequest(
+            f'amount {text!r} must be a decimal string such as "0.50", not a number', param="amount"
+        )
     try:
         value = Decimal(text)
     except (InvalidOperation, TypeError, ValueError):
-        raise InvalidRequest(f"amount {text!r} is not a decimal amount; pass e.g. \"0.50\" ({currency})",
-                             param="amount") from None
+        raise InvalidRequest(
+            f'amount {text!r} is not a decimal amount; pass e.g. "0.50" ({currency})', param="amount"
+        ) from None
     if not value.is_finite() or value <= 0:
-        raise InvalidRequest(f"amount {text} must be a positive amount of {currency}; to undo the whole "
-                             "record use a reversal", param="amount")
+        raise InvalidRequest(
+            f"amount {text} must be a positive amount of {currency}; to undo the whole record use a reversal",
+            param="amount",
+        )
     return value
 
 
@@ -80,16 +86,21 @@ def plan_correction(
 ) -> UsageRecord:
     """The correction entry to append (pure). Raises InvalidRequest naming the amounts."""
     if kind not in KINDS:
-        raise InvalidRequest(f"kind {kind!r} is not a correction kind; use one of {', '.join(KINDS)}",
-                             param="kind")
+        raise InvalidRequest(
+            f"kind {kind!r} is not a correction kind; use one of {', '.join(KINDS)}", param="kind"
+        )
     reason = reason.strip()
     if not reason or len(reason) > MAX_REASON:
-        raise InvalidRequest(f"reason has {len(reason)} characters; give a reason of 1 to {MAX_REASON}",
-                             param="reason")
+        raise InvalidRequest(
+            f"reason has {len(reason)} characters; give a reason of 1 to {MAX_REASON}", param="reason"
+        )
     if original.kind != "usage" or original.warmup:
         what = "a warm-up record" if original.warmup else f"a {original.kind} entry"
-        raise InvalidRequest(f"record {original.record_id} is {what}; only billed usage records can be "
-                             "corrected (correct the original usage record instead)", param="record_id")
+        raise InvalidRequest(
+            f"record {original.record_id} is {what}; only billed usage records can be "
+            "corrected (correct the original usage record instead)",
+            param="record_id",
+        )
     left = remaining(original, prior)
     cur = original.currency
     spent = f"record {original.record_id} cost {format_decimal(original.cost)} {cur}"
@@ -97,19 +108,22 @@ def plan_correction(
         spent += f" and has been corrected by {format_decimal(left.cost - original.cost)} {cur}"
     if kind == "reversal":
         if amount is not None:
-            raise InvalidRequest("a reversal takes no amount (it undoes what remains); for part of it "
-                                 "issue a credit", param="amount")
+            raise InvalidRequest(
+                "a reversal takes no amount (it undoes what remains); for part of it issue a credit",
+                param="amount",
+            )
         if left.cost == 0 and left.ru_micros == 0:
             raise InvalidRequest(f"{spent}; nothing remains to reverse", param="record_id")
         cost, ru = -left.cost if left.cost else Decimal(0), -left.ru_micros
     else:
         if amount is None:
-            raise InvalidRequest("a credit needs an amount, e.g. \"0.50\"", param="amount")
+            raise InvalidRequest('a credit needs an amount, e.g. "0.50"', param="amount")
         if amount > left.cost:
             raise InvalidRequest(
                 f"a credit of {format_decimal(amount)} {cur} exceeds the {format_decimal(left.cost)} {cur} "
                 f"that remains uncorrected ({spent}); credit at most {format_decimal(left.cost)}",
-                param="amount")
+                param="amount",
+            )
         cost, ru = -amount, 0
     return replace(
         original, record_id=record_id, request_id=correction_request_id(original.record_id, len(prior) + 1),
@@ -149,8 +163,11 @@ def issue_correction(
     """Append a credit or reversal for ``record_id``; the original entry is never touched."""
     original = store.get_record(record_id)
     if original is None:
-        raise NotFound(f"no usage record {record_id!r}; find record ids in GET /v1/usage/records or "
-                       "GET /v1/admin/export/usage.jsonl", param="record_id")
+        raise NotFound(
+            f"no usage record {record_id!r}; find record ids in GET /v1/usage/records or "
+            "GET /v1/admin/export/usage.jsonl",
+            param="record_id",
+        )
     value = None if amount is None else parse_amount(amount, original.currency)
     for _ in range(_RETRIES):
         prior = corrections_of(store, record_id)
@@ -159,8 +176,9 @@ def issue_correction(
         if result.record.record_id == planned.record_id:
             return Correction(result.record, result.seq, original, remaining(original, [*prior, planned]))
         # another correction took this number meanwhile: re-read and re-check the remainder
-    raise InvalidRequest(f"record {record_id} is being corrected by others at the same time; try again",
-                         param="record_id")
+    raise InvalidRequest(
+        f"record {record_id} is being corrected by others at the same time; try again", param="record_id"
+    )
 
 
 __all__ = [

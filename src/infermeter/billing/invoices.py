@@ -108,9 +108,7 @@ def _tally(records: list[UsageRecord]) -> tuple[int, int, int, Decimal, Decimal,
     )
 
 
-def build_invoice(
-    tenant_id: str, period: str, records: Iterable[UsageRecord], currency: str
-) -> Invoice:
+def build_invoice(tenant_id: str, period: str, records: Iterable[UsageRecord], currency: str) -> Invoice:
     """The tenant's invoice for ``period`` ("YYYY-MM") from its records.
 
     Records of other tenants, outside the period, or marked warmup are left out. A record in
@@ -147,9 +145,7 @@ def build_invoice(
         kind, model, tier = key
         prompt, completion, count, device_ms, ru, exact = _tally(groups[key])
         amount = Money(exact, currency).rounded().amount
-        lines.append(
-            InvoiceLine(kind, model, tier, count, prompt, completion, device_ms, ru, exact, amount)
-        )
+        lines.append(InvoiceLine(kind, model, tier, count, prompt, completion, device_ms, ru, exact, amount))
     total = exact_total = Decimal(0)
     for line in lines:
         total = EXACT.add(total, line.amount)

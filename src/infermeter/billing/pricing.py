@@ -109,9 +109,7 @@ class PricePlan:
         return {
             "version": self.version,
             "currency": self.currency,
-            "per_1000_ru": {
-                tier.value: str(price) for tier, price in sorted(self.per_1000_ru.items())
-            },
+            "per_1000_ru": {tier.value: str(price) for tier, price in sorted(self.per_1000_ru.items())},
         }
 
     @classmethod

@@ -42,8 +42,11 @@ def build_receipt(payload: str, seq: int, proof: Sequence[bytes], checkpoint: Ch
     """
     entry = json.loads(payload)
     if canonical_json(entry) != payload.encode():
-        raise LedgerIntegrityError(f"ledger entry {seq} is not canonical JSON; no receipt can prove it: "
-                                   "run `infermeter ledger verify`", seq=seq)
+        raise LedgerIntegrityError(
+            f"ledger entry {seq} is not canonical JSON; no receipt can prove it: "
+            "run `infermeter ledger verify`",
+            seq=seq,
+        )
     return {
         "object": "ledger.receipt",
         "format": RECEIPT_FORMAT,
@@ -87,16 +90,24 @@ def verify_receipt(receipt: Any, public_keys: Mapping[str, bytes]) -> ReceiptVer
     """
     if not isinstance(receipt, dict) or receipt.get("format") != RECEIPT_FORMAT:
         got = receipt.get("format") if isinstance(receipt, dict) else type(receipt).__name__
-        return ReceiptVerdict(False, f"not an infermeter receipt (format {got!r}, expected "
-                              f"{RECEIPT_FORMAT!r})")
+        return ReceiptVerdict(
+            False, f"not an infermeter receipt (format {got!r}, expected {RECEIPT_FORMAT!r})"
+        )
     entry = receipt.get("entry")
     event = entry.get("event") if isinstance(entry, dict) else None
     record_id = event.get("id") if isinstance(event, dict) else None
     index = receipt.get("leaf_index")
-    if (not isinstance(entry, dict) or not isinstance(event, dict) or not isinstance(index, int)
-            or isinstance(index, bool)):
-        return ReceiptVerdict(False, "the receipt lacks its entry (an object with an event) or its "
-                              "integer leaf_index", record_id)
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(event, dict)
+        or not isinstance(index, int)
+        or isinstance(index, bool)
+    ):
+        return ReceiptVerdict(
+            False,
+            "the receipt lacks its entry (an object with an event) or its integer leaf_index",
+            record_id,
+        )
     try:
         checkpoint = Checkpoint.from_json(receipt.get("checkpoint"))
         listed = receipt.get("inclusion_proof")
@@ -109,23 +120,38 @@ def verify_receipt(receipt: Any, public_keys: Mapping[str, bytes]) -> ReceiptVer
         return ReceiptVerdict(False, f"the receipt is malformed: {exc}", record_id, index)
     head = (record_id, index, checkpoint.tree_size, checkpoint.key_id, checkpoint.timestamp)
     if entry.get("seq") != index:
-        return ReceiptVerdict(False, f"the entry says it is entry {entry.get('seq')!r} of the ledger "
-                              f"but the receipt places it at leaf {index}", *head)
+        return ReceiptVerdict(
+            False,
+            f"the entry says it is entry {entry.get('seq')!r} of the ledger "
+            f"but the receipt places it at leaf {index}",
+            *head,
+        )
     leaf = leaf_hash(canonical_json(entry))
     if stated and leaf != stated:
-        return ReceiptVerdict(False, f"the record does not hash to the receipt's leaf hash ({leaf.hex()} "
-                              f"!= {stated.hex()}): the record was changed after the receipt was issued",
-                              *head)
+        return ReceiptVerdict(
+            False,
+            f"the record does not hash to the receipt's leaf hash ({leaf.hex()} "
+            f"!= {stated.hex()}): the record was changed after the receipt was issued",
+            *head,
+        )
     if not verify_inclusion(leaf, index, checkpoint.tree_size, proof, root):
-        return ReceiptVerdict(False, f"the inclusion proof does not lead from leaf {index} to the root of "
-                              f"checkpoint {checkpoint.number} ({checkpoint.tree_size} entries): the record, "
-                              "the proof or the checkpoint was changed", *head)
+        return ReceiptVerdict(
+            False,
+            f"the inclusion proof does not lead from leaf {index} to the root of "
+            f"checkpoint {checkpoint.number} ({checkpoint.tree_size} entries): the record, "
+            "the proof or the checkpoint was changed",
+            *head,
+        )
     problem = signature_problem(checkpoint, public_keys)
     if problem is not None:
         return ReceiptVerdict(False, f"checkpoint {checkpoint.number} is not valid: {problem}", *head)
-    return ReceiptVerdict(True, f"receipt valid: record {record_id} is entry {index} of the ledger "
-                          f"{checkpoint.origin} as signed at {checkpoint.timestamp} by key "
-                          f"{checkpoint.key_id} ({checkpoint.tree_size} entries)", *head)
+    return ReceiptVerdict(
+        True,
+        f"receipt valid: record {record_id} is entry {index} of the ledger "
+        f"{checkpoint.origin} as signed at {checkpoint.timestamp} by key "
+        f"{checkpoint.key_id} ({checkpoint.tree_size} entries)",
+        *head,
+    )
 
 
 __all__ = ["RECEIPT_FORMAT", "ReceiptVerdict", "build_receipt", "verify_receipt"]

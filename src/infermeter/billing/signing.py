@@ -58,8 +58,10 @@ def load_public_pem(text: str | bytes) -> bytes:
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as exc:
-        raise ConfigError(f"not a PEM public key ({exc}); pass the ledger-<key_id>.pub file or "
-                          "the JSON of GET /v1/ledger/key") from None
+        raise ConfigError(
+            f"not a PEM public key ({exc}); pass the ledger-<key_id>.pub file or "
+            "the JSON of GET /v1/ledger/key"
+        ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError(f"the PEM key is {type(key).__name__}, not Ed25519; pass the ledger's key")
     return raw_public(key)
@@ -84,9 +86,16 @@ class PublicKeyInfo:
 
 def key_document(keys: Iterable[PublicKeyInfo]) -> dict[str, Any]:
     """The JSON of ``GET /v1/ledger/key``: the active key's id and every public key."""
-    listed = [{"key_id": k.key_id, "algorithm": ALGORITHM, "active": k.active,
-               "public_key": base64.b64encode(k.public_key).decode(),
-               "public_key_pem": public_pem(k.public_key)} for k in keys]
+    listed = [
+        {
+            "key_id": k.key_id,
+            "algorithm": ALGORITHM,
+            "active": k.active,
+            "public_key": base64.b64encode(k.public_key).decode(),
+            "public_key_pem": public_pem(k.public_key),
+        }
+        for k in keys
+    ]
     active = next((k["key_id"] for k in listed if k["active"]), None)
     return {"object": "ledger.keys", "active_key_id": active, "keys": listed}
 
@@ -95,7 +104,7 @@ def keys_from_document(doc: Any) -> dict[str, bytes]:
     """Key id → raw public key from ``key_document``'s JSON; ConfigError naming what is wrong."""
     keys = doc.get("keys") if isinstance(doc, dict) else None
     if not isinstance(keys, list) or not keys:
-        raise ConfigError("the key document has no \"keys\" list; save GET /v1/ledger/key as it is")
+        raise ConfigError('the key document has no "keys" list; save GET /v1/ledger/key as it is')
     out: dict[str, bytes] = {}
     for item in keys:
         try:
@@ -104,8 +113,10 @@ def keys_from_document(doc: Any) -> dict[str, bytes]:
         except (KeyError, TypeError, binascii.Error, ValueError):
             raise ConfigError(f"key entry {item!r} lacks a base64 public_key or a key_id") from None
         if len(raw) != 32 or key_id_of(raw) != key_id:
-            raise ConfigError(f"key {key_id!r} does not match its public key (id {key_id_of(raw)}); "
-                              "fetch GET /v1/ledger/key again")
+            raise ConfigError(
+                f"key {key_id!r} does not match its public key (id {key_id_of(raw)}); "
+                "fetch GET /v1/ledger/key again"
+            )
         out[key_id] = raw
     return out
 
@@ -125,12 +136,16 @@ class LedgerKeys:
     def active_id(self) -> str:
         path = self.dir / "active"
         if not path.exists():
-            raise ConfigError(f"{self.dir} holds no active ledger key; start the server once, or run "
-                              "`infermeter ledger rotate-key` to make one")
+            raise ConfigError(
+                f"{self.dir} holds no active ledger key; start the server once, or run "
+                "`infermeter ledger rotate-key` to make one"
+            )
         text = path.read_text().strip()
         if not (self.dir / f"ledger-{text}.pub").exists():
-            raise ConfigError(f"{self.dir / 'active'} names key {text!r} but {self.dir} has no "
-                              f"ledger-{text}.pub; restore it, or run `infermeter ledger rotate-key`")
+            raise ConfigError(
+                f"{self.dir / 'active'} names key {text!r} but {self.dir} has no "
+                f"ledger-{text}.pub; restore it, or run `infermeter ledger rotate-key`"
+            )
         return text
 
     def rotate(self) -> str:
@@ -155,8 +170,10 @@ class LedgerKeys:
             key_id = path.stem.removeprefix("ledger-")
             raw = load_public_pem(path.read_bytes())
             if key_id_of(raw) != key_id:
-                raise ConfigError(f"{path} holds key {key_id_of(raw)}, not {key_id}; restore the "
-                                  "file (a key file's name is its id)")
+                raise ConfigError(
+                    f"{path} holds key {key_id_of(raw)}, not {key_id}; restore the "
+                    "file (a key file's name is its id)"
+                )
             can_sign = (self.dir / f"ledger-{key_id}.pem").exists()
             out.append(PublicKeyInfo(key_id, raw, key_id == active, can_sign))
         return out
@@ -165,12 +182,16 @@ class LedgerKeys:
     def _private(self, key_id: str) -> Ed25519PrivateKey:
         path = self.dir / f"ledger-{key_id}.pem"
         if not path.exists():
-            raise ConfigError(f"the active ledger key {key_id} has no private key {path}; "
-                              "make a new one with `infermeter ledger rotate-key`")
+            raise ConfigError(
+                f"the active ledger key {key_id} has no private key {path}; "
+                "make a new one with `infermeter ledger rotate-key`"
+            )
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
-            raise ConfigError(f"{path} is readable by others (mode {mode:04o}); a signing key must "
-                              f"be owner-only: run chmod 600 {path}")
+            raise ConfigError(
+                f"{path} is readable by others (mode {mode:04o}); a signing key must "
+                f"be owner-only: run chmod 600 {path}"
+            )
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigError(f"{path} is not an Ed25519 private key; restore it or rotate the key")
@@ -182,8 +203,9 @@ class LedgerKeys:
         key = Ed25519PrivateKey.generate()
         raw = raw_public(key.public_key())
         key_id = key_id_of(raw)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         _write_new(self.dir / f"ledger-{key_id}.pem", pem, 0o600)
         _write_new(self.dir / f"ledger-{key_id}.pub", public_pem(raw).encode(), 0o644)
         if first:

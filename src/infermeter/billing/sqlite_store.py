@@ -33,8 +33,8 @@ from infermeter.billing.sqlite_writer import (
     FLUSH,
     STOP,
     SUBMIT,
-    Checkpointer,
     Waiter,
+    WalCheckpointer,
     Writer,
     closed_error,
 )
@@ -118,7 +118,7 @@ class SqliteStore:
             raise ConfigError(f"{self.path}: SQLite refused WAL mode; put the file on a local disk")
         conn.execute(f"PRAGMA synchronous = {mode}")
         conn.execute("PRAGMA cache_size = -32768")  # 32 MiB: index pages stay hot under load
-        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer thread does it
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the WalCheckpointer thread does it
         migrate(conn)
         self._lock = threading.Lock()  # guards _closed against a racing put
         self._closed = False
@@ -126,7 +126,7 @@ class SqliteStore:
         self._readers: list[sqlite3.Connection] = []
         checkpoint = self._connect()
         checkpoint.execute(f"PRAGMA synchronous = {mode}")
-        self._writer = Writer(conn, max_group, Checkpointer(checkpoint))
+        self._writer = Writer(conn, max_group, WalCheckpointer(checkpoint))
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)

@@ -52,7 +52,7 @@ class Waiter(Generic[T]):
         return self._result  # type: ignore[return-value]  # set() without error sets a T
 
 
-class Checkpointer:
+class WalCheckpointer:
     """Copies the WAL back into the database on its own thread and connection.
 
     With SQLite's automatic checkpoints, the commit that crosses the threshold also copies
@@ -67,7 +67,7 @@ class Checkpointer:
         self._rows = 0
         self._wake = threading.Event()
         self._stop = False
-        self.thread = threading.Thread(target=self._run, name="infermeter-ledger-checkpoint")
+        self.thread = threading.Thread(target=self._run, name="infermeter-wal-checkpoint")
         self.thread.daemon = True
         self.thread.start()
 
@@ -100,11 +100,11 @@ class Writer:
     """Owns ``conn`` on its own thread. ``put`` callers must stop putting after ``STOP``."""
 
     def __init__(
-        self, conn: sqlite3.Connection, max_group: int, checkpointer: Checkpointer | None = None
+        self, conn: sqlite3.Connection, max_group: int, wal_checkpointer: WalCheckpointer | None = None
     ) -> None:
         self.conn = conn
         self.max_group = max_group
-        self.checkpointer = checkpointer
+        self.wal_checkpointer = wal_checkpointer
         self.queue: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="infermeter-ledger-writer")
         self.thread.daemon = True
@@ -129,8 +129,8 @@ class Writer:
             except BaseException:  # never let the writer die: callers would hang forever
                 log.exception("ledger writer: unexpected error processing %d items", len(items))
         self.conn.close()
-        if self.checkpointer is not None:
-            self.checkpointer.close()
+        if self.wal_checkpointer is not None:
+            self.wal_checkpointer.close()
 
     def _process(self, items: list[tuple[Any, ...]]) -> bool:
         pending: list[tuple[Any, ...]] = []
@@ -190,8 +190,8 @@ class Writer:
                 entries.extend(payload)
         try:
             results = self.append_now(entries)
-            if self.checkpointer is not None:
-                self.checkpointer.committed(len(entries))
+            if self.wal_checkpointer is not None:
+                self.wal_checkpointer.committed(len(entries))
         except Exception as exc:
             if len(pending) == 1:
                 _deliver(pending[0], None, exc)

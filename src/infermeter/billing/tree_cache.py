@@ -84,16 +84,19 @@ class TreeCache:
         """RFC 9162 PATH(index, D[size]), equal to ``merkle.inclusion_proof(index, leaves[:size])``."""
         self._check(size, "tree size")
         if not 0 <= index < size:
-            raise ValueError(f"leaf index {index} is outside a tree of {size} leaves; "
-                             f"pass 0 <= index < {size}")
+            raise ValueError(
+                f"leaf index {index} is outside a tree of {size} leaves; pass 0 <= index < {size}"
+            )
         return self._path(index, 0, size, self._top(size))
 
     def consistency(self, first: int, second: int) -> list[bytes]:
         """RFC 9162 PROOF(first, D[second]), equal to ``merkle.consistency_proof``."""
         self._check(second, "second tree size")
         if not 0 <= first <= second:
-            raise ValueError(f"first tree size {first} must be between 0 and the second, {second}; "
-                             "a consistency proof goes from an older (smaller) tree to a newer one")
+            raise ValueError(
+                f"first tree size {first} must be between 0 and the second, {second}; "
+                "a consistency proof goes from an older (smaller) tree to a newer one"
+            )
         if first in (0, second):
             return []
         return self._subproof(first, 0, second, self._top(second), True)

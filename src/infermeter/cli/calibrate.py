@@ -49,9 +49,13 @@ class EngineRunner:
 
 def model_shape(engine: Engine) -> cal.ModelShape:
     info = engine.info
-    return cal.ModelShape.decoder(info.num_layers, info.num_kv_heads * info.head_dim,
-                                  info.vocab_size, _WEIGHT_BYTES.get(info.precision, 4),
-                                  info.kv_bytes_per_token)
+    return cal.ModelShape.decoder(
+        info.num_layers,
+        info.num_kv_heads * info.head_dim,
+        info.vocab_size,
+        _WEIGHT_BYTES.get(info.precision, 4),
+        info.kv_bytes_per_token,
+    )
 
 
 def base_table(home: Path) -> RuTable:
@@ -68,9 +72,13 @@ def cpu_engines(settings: Settings) -> list[Engine]:
     return [x.engine for x in loaded if x.engine.info.device == "cpu"]
 
 
-def torch_engine(settings: Settings, *, precision: Precision = Precision.FP16,
-                 device: str = "cuda", timer_factory: Callable[[], StepTimer] | None = None
-                 ) -> Engine:
+def torch_engine(
+    settings: Settings,
+    *,
+    precision: Precision = Precision.FP16,
+    device: str = "cuda",
+    timer_factory: Callable[[], StepTimer] | None = None,
+) -> Engine:
     """The built-in model on the PyTorch backend (``runtime.torch_backend``), from the engine
     index: the newest intact torch engine of that precision and device, else one built now.
 
@@ -79,9 +87,9 @@ def torch_engine(settings: Settings, *, precision: Precision = Precision.FP16,
     """
     from infermeter.app.engines import load_engine, runtime_env_for
     from infermeter.metering.timers import CpuStepTimer
-    from infermeter.runtime.build.builder import build_engine, model_context, resolve_source
-    from infermeter.runtime.build.metadata import BuildArgs
     from infermeter.runtime.builtin_model import BUILTIN_MODEL_NAME
+    from infermeter.runtime.compile.builder import build_engine, model_context, resolve_source
+    from infermeter.runtime.compile.metadata import BuildArgs
     from infermeter.runtime.engine_store import EngineStore
 
     store = EngineStore(settings.home)
@@ -90,8 +98,11 @@ def torch_engine(settings: Settings, *, precision: Precision = Precision.FP16,
         record = None
         for candidate in store.list(BUILTIN_MODEL_NAME):
             env = runtime_env_for(candidate)
-            if (candidate.backend, candidate.precision, candidate.device) != ("torch", precision,
-                                                                              kind) or env is None:
+            if (candidate.backend, candidate.precision, candidate.device) != (
+                "torch",
+                precision,
+                kind,
+            ) or env is None:
                 continue
             try:
                 store.check(candidate, env)
@@ -101,8 +112,9 @@ def torch_engine(settings: Settings, *, precision: Precision = Precision.FP16,
             break
         if record is None:
             source = resolve_source(BUILTIN_MODEL_NAME, settings.models_dir, None)
-            args = BuildArgs(BUILTIN_MODEL_NAME, "torch", precision, settings.max_batch,
-                             model_context(source))
+            args = BuildArgs(
+                BUILTIN_MODEL_NAME, "torch", precision, settings.max_batch, model_context(source)
+            )
             record = build_engine(args, store, models_dir=settings.models_dir, device=device)
         return load_engine(store, record, settings, timer_factory or CpuStepTimer)
     finally:
@@ -114,14 +126,14 @@ def cuda_engines(settings: Settings) -> list[Engine]:
     return [torch_engine(settings)]
 
 
-def run_calibration(settings: Settings, device: str, engine_id: str | None,
-                    quick: bool) -> tuple[cal.Calibration, Path]:
+def run_calibration(
+    settings: Settings, device: str, engine_id: str | None, quick: bool
+) -> tuple[cal.Calibration, Path]:
     engines = cpu_engines(settings) if device == "cpu" else cuda_engines(settings)
     if engine_id is not None:
         engines = [e for e in engines if e.info.engine_id == engine_id]
         if not engines:
-            raise NotFound(f"no engine {engine_id!r} on {device}; "
-                           "see `infermeter engines list`")
+            raise NotFound(f"no engine {engine_id!r} on {device}; see `infermeter engines list`")
     try:
         if device == "cpu":
             rates = cal.measure_cpu_reference(quick=quick)
@@ -130,8 +142,7 @@ def run_calibration(settings: Settings, device: str, engine_id: str | None,
             rates = cal.measure_cuda_reference(quick=quick)
             device_class = device_class_for(rates.device) or rates.device
         runners = {e.info.engine_id: (EngineRunner(e), model_shape(e)) for e in engines}
-        result = cal.calibrate(device_class, rates, base_table(settings.home), dict(runners),
-                               quick=quick)
+        result = cal.calibrate(device_class, rates, base_table(settings.home), dict(runners), quick=quick)
     finally:
         for engine in engines:
             engine.close()
@@ -145,24 +156,32 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(result.to_json() | {"path": str(path)}, indent=2) + "\n")
         return 0
     r = result.rates
-    out.print(f"calibration [bold]{result.version}[/] on {result.device} "
-              f"(device class {result.device_class})")
-    out.print(f"  GEMM {r.gemm_tflops * 1000:,.1f} GFLOP/s ({r.dtype}), copy {r.copy_gbps:,.1f} GB/s"
-              f" → r_compute {r.r_compute:.4g}, r_bw {r.r_bw:.4g} vs A100-SXM4-80GB")
+    out.print(
+        f"calibration [bold]{result.version}[/] on {result.device} (device class {result.device_class})"
+    )
+    out.print(
+        f"  GEMM {r.gemm_tflops * 1000:,.1f} GFLOP/s ({r.dtype}), copy {r.copy_gbps:,.1f} GB/s"
+        f" → r_compute {r.r_compute:.4g}, r_bw {r.r_bw:.4g} vs A100-SXM4-80GB"
+    )
     table = Table("phase", "µs/token", "compute fraction", "RU per device-ms")
     for probe in result.probes:
         factor = result.ru_table.factor(result.device_class, Phase(probe.phase), Precision.FP32)
-        table.add_row(probe.phase, f"{probe.us_per_token:.2f}", f"{probe.compute_fraction:.3f}",
-                      str(factor))
+        table.add_row(probe.phase, f"{probe.us_per_token:.2f}", f"{probe.compute_fraction:.3f}", str(factor))
     out.print(table)
     models = Table("engine", "α", "β", "γ", "δ", "φ", "steps", "MAPE")
     for engine_id, fitted in result.cost_models.items():
         m = fitted.model
-        models.add_row(engine_id, *(str(v) for v in (m.alpha, m.beta, m.gamma, m.delta, m.phi)),
-                       str(fitted.steps), f"{fitted.mape_percent} %")
+        models.add_row(
+            engine_id,
+            *(str(v) for v in (m.alpha, m.beta, m.gamma, m.delta, m.phi)),
+            str(fitted.steps),
+            f"{fitted.mape_percent} %",
+        )
     out.print(models)
-    out.print("coefficients in femtoseconds per feature unit; "
-              f"RU table {result.ru_table.version}; written to {path}")
+    out.print(
+        "coefficients in femtoseconds per feature unit; "
+        f"RU table {result.ru_table.version}; written to {path}"
+    )
     out.print("the service uses this calibration at its next start")
     return 0
 

@@ -60,9 +60,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from infermeter.api.app import create_app
     from infermeter.app.service import Service
 
-    overrides = {"host": args.host, "port": args.port, "max_batch": args.max_batch,
-                 "intra_op_threads": args.threads, "log_level": args.log_level,
-                 "model_dir": args.model_dir}
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "max_batch": args.max_batch,
+        "intra_op_threads": args.threads,
+        "log_level": args.log_level,
+        "model_dir": args.model_dir,
+    }
     if args.no_int8:
         overrides["int8"] = False
     settings = settings_from(args, **overrides)
@@ -77,8 +82,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         out.print(f"  admin key:         [bold yellow]{admin}[/]")
     app = create_app(service)
     url = f"http://{settings.host}:{settings.port}"
-    out.print(f"OpenAI-compatible API on [bold]{url}/v1[/] (model {settings.model}); "
-              f"dashboard at {url}/dashboard; metrics at {url}/metrics")
+    out.print(
+        f"OpenAI-compatible API on [bold]{url}/v1[/] (model {settings.model}); "
+        f"dashboard at {url}/dashboard; metrics at {url}/metrics"
+    )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
 
@@ -88,15 +95,24 @@ def cmd_tenants_create(args: argparse.Namespace) -> int:
     store = open_store(settings_from(args))
     try:
         if store.find_tenant(args.name) is not None:
-            raise InvalidRequest(f"tenant {args.name!r} exists already; pick another name or "
-                                 "create a key for it with `infermeter keys create --tenant NAME`")
+            raise InvalidRequest(
+                f"tenant {args.name!r} exists already; pick another name or "
+                "create a key for it with `infermeter keys create --tenant NAME`"
+            )
         tenant = store.create_tenant(args.name, _budget(args.budget))
         key, secret = store.create_key(tenant.tenant_id)
     finally:
         store.close()
     if args.json:
-        _emit_json({"tenant_id": tenant.tenant_id, "name": tenant.name, "key_id": key.key_id,
-                    "api_key": secret, "budget": None if tenant.budget is None else str(tenant.budget)})
+        _emit_json(
+            {
+                "tenant_id": tenant.tenant_id,
+                "name": tenant.name,
+                "key_id": key.key_id,
+                "api_key": secret,
+                "budget": None if tenant.budget is None else str(tenant.budget),
+            }
+        )
     else:
         out.print(f"tenant [bold]{tenant.name}[/] ({tenant.tenant_id})")
         out.print(f"API key (shown once): [bold green]{secret}[/]")
@@ -110,8 +126,16 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _emit_json([{"tenant_id": t.tenant_id, "name": t.name,
-                     "budget": None if t.budget is None else str(t.budget)} for t in tenants])
+        _emit_json(
+            [
+                {
+                    "tenant_id": t.tenant_id,
+                    "name": t.name,
+                    "budget": None if t.budget is None else str(t.budget),
+                }
+                for t in tenants
+            ]
+        )
         return 0
     table = Table("tenant", "id", "budget")
     for t in tenants:
@@ -140,11 +164,12 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _emit_json({"key_id": key.key_id, "tenant_id": key.tenant_id, "admin": key.admin,
-                    "api_key": secret})
+        _emit_json({"key_id": key.key_id, "tenant_id": key.tenant_id, "admin": key.admin, "api_key": secret})
     else:
-        out.print(f"key {key.key_id} ({'admin' if key.admin else key.tenant_id}): "
-                  f"[bold green]{secret}[/] (shown once)")
+        out.print(
+            f"key {key.key_id} ({'admin' if key.admin else key.tenant_id}): "
+            f"[bold green]{secret}[/] (shown once)"
+        )
     return 0
 
 
@@ -170,13 +195,28 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _emit_json([{"key_id": k.key_id, "tenant_id": k.tenant_id, "admin": k.admin, "prefix": k.prefix,
-                     "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in keys])
+        _emit_json(
+            [
+                {
+                    "key_id": k.key_id,
+                    "tenant_id": k.tenant_id,
+                    "admin": k.admin,
+                    "prefix": k.prefix,
+                    "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+                }
+                for k in keys
+            ]
+        )
         return 0
     table = Table("key", "tenant", "admin", "prefix", "revoked")
     for k in keys:
-        table.add_row(k.key_id, k.tenant_id or "-", "yes" if k.admin else "no", k.prefix,
-                      k.revoked_at.isoformat() if k.revoked_at else "")
+        table.add_row(
+            k.key_id,
+            k.tenant_id or "-",
+            "yes" if k.admin else "no",
+            k.prefix,
+            k.revoked_at.isoformat() if k.revoked_at else "",
+        )
     out.print(table)
     return 0
 
@@ -190,16 +230,32 @@ def cmd_usage(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _emit_json([{"key": r.key, "requests": r.requests, "prompt_tokens": r.prompt_tokens,
-                     "completion_tokens": r.completion_tokens, "device_ms": r.device_us / 1000,
-                     "ru": format_decimal(Decimal(r.ru_micros).scaleb(-6)),
-                     "cost": format_decimal(r.cost)} for r in rows])
+        _emit_json(
+            [
+                {
+                    "key": r.key,
+                    "requests": r.requests,
+                    "prompt_tokens": r.prompt_tokens,
+                    "completion_tokens": r.completion_tokens,
+                    "device_ms": r.device_us / 1000,
+                    "ru": format_decimal(Decimal(r.ru_micros).scaleb(-6)),
+                    "cost": format_decimal(r.cost),
+                }
+                for r in rows
+            ]
+        )
         return 0
     table = Table(args.group_by, "requests", "prompt tok", "completion tok", "device ms", "RU", "cost")
     for r in rows:
-        table.add_row(r.key, str(r.requests), str(r.prompt_tokens), str(r.completion_tokens),
-                      f"{r.device_us / 1000:,.3f}", format_decimal(Decimal(r.ru_micros).scaleb(-6)),
-                      format_decimal(r.cost))
+        table.add_row(
+            r.key,
+            str(r.requests),
+            str(r.prompt_tokens),
+            str(r.completion_tokens),
+            f"{r.device_us / 1000:,.3f}",
+            format_decimal(Decimal(r.ru_micros).scaleb(-6)),
+            format_decimal(r.cost),
+        )
     out.print(table)
     return 0
 
@@ -224,7 +280,7 @@ def cmd_invoice(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from infermeter.bench import run_benchmarks
+    from infermeter.cli.bench import run_benchmarks
 
     return run_benchmarks(args)
 
@@ -236,14 +292,17 @@ def register(sub: Any) -> None:
     p.add_argument("--max-batch", type=int, dest="max_batch")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (0 = all cores)")
     p.add_argument("--no-int8", action="store_true", help="do not build/serve the INT8 flex engine")
-    p.add_argument("--model-dir", dest="model_dir",
-                   help="also serve this model directory (Optimum export: model.onnx, "
-                        "config.json, tokenizer.json)")
+    p.add_argument(
+        "--model-dir",
+        dest="model_dir",
+        help="also serve this model directory (Optimum export: model.onnx, config.json, tokenizer.json)",
+    )
     p.add_argument("--log-level", dest="log_level")
     p.set_defaults(handler=cmd_serve)
 
     tenants = sub.add_parser("tenants", help="create and list tenants").add_subparsers(
-        dest="tenants_command", required=True, metavar="ACTION")
+        dest="tenants_command", required=True, metavar="ACTION"
+    )
     p = tenants.add_parser("create", help="create a tenant and print its first API key")
     p.add_argument("name")
     p.add_argument("--budget", help="spend limit in the plan currency (default unlimited)")
@@ -258,7 +317,8 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_tenants_budget)
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
-        dest="keys_command", required=True, metavar="ACTION")
+        dest="keys_command", required=True, metavar="ACTION"
+    )
     p = keys.add_parser("create", help="create a tenant key (--tenant) or an admin key (--admin)")
     p.add_argument("--tenant")
     p.add_argument("--admin", action="store_true")
@@ -287,8 +347,11 @@ def register(sub: Any) -> None:
     # `ledger …` and `receipt …` live in cli/ledger.py.
 
     p = sub.add_parser("bench", help="run the benchmarks and print a table")
-    p.add_argument("--quick", action="store_true",
-                   help="small workloads (seconds); without it, the sizes in docs/benchmarks.md")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small workloads (seconds); without it, the sizes in docs/benchmarks.md",
+    )
     p.add_argument("--json", dest="json_out", help="also write results to this JSON file")
     p.add_argument("--accuracy", action="store_true", help="metering accuracy: solo vs batched")
     p.set_defaults(handler=cmd_bench)

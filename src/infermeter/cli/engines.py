@@ -17,15 +17,15 @@ from infermeter.app.engines import engine_status
 from infermeter.config import Settings, load_settings
 from infermeter.core.errors import ConfigError
 from infermeter.core.types import Precision
-from infermeter.runtime.build.builder import (
+from infermeter.runtime.builtin_model import BUILTIN_MODEL_NAME
+from infermeter.runtime.compile.builder import (
     BACKEND_PRECISIONS,
     build_engine,
     model_context,
     resolve_source,
     source_spec,
 )
-from infermeter.runtime.build.metadata import BuildArgs
-from infermeter.runtime.builtin_model import BUILTIN_MODEL_NAME
+from infermeter.runtime.compile.metadata import BuildArgs
 from infermeter.runtime.engine_store import EngineStore, cpu_name
 
 # Piped output gets 120 columns rather than rich's 80: engine ids are long.
@@ -42,8 +42,9 @@ def _buckets(text: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(b) for b in text.split(",") if b.strip())
     except ValueError:
-        raise ConfigError(f"--decode-buckets {text!r} is not a comma-separated list of past "
-                          "lengths; use e.g. 128,256,512") from None
+        raise ConfigError(
+            f"--decode-buckets {text!r} is not a comma-separated list of past lengths; use e.g. 128,256,512"
+        ) from None
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -60,27 +61,35 @@ def cmd_build(args: argparse.Namespace) -> int:
     )  # fmt: skip
     store = EngineStore(settings.home)
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                      console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(f"building {source.name} {build.backend}/{build.precision}",
-                                total=1.0)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        ) as bar:
+            task = bar.add_task(f"building {source.name} {build.backend}/{build.precision}", total=1.0)
 
             def progress(what: str, done: float) -> None:
                 bar.update(task, completed=done, description=what)
 
-            record = build_engine(build, store, models_dir=settings.models_dir,
-                                  device=args.device, progress=progress)
+            record = build_engine(
+                build, store, models_dir=settings.models_dir, device=args.device, progress=progress
+            )
     finally:
         store.close()
     if args.json:
         _emit(record.to_json())
         return 0
-    out.print(f"built [bold]{record.engine_id}[/] in {record.build_seconds:.2f} s "
-              f"(sha256 {record.short_sha})")
+    out.print(
+        f"built [bold]{record.engine_id}[/] in {record.build_seconds:.2f} s (sha256 {record.short_sha})"
+    )
     if record.drift is not None:
-        out.print(f"INT8 drift vs FP32: max |Δlogit| {record.drift.max_logit_diff:.4f}, greedy "
-                  f"agreement {record.drift.token_agreement:.1%} over {record.drift.positions} "
-                  "positions")
+        out.print(
+            f"INT8 drift vs FP32: max |Δlogit| {record.drift.max_logit_diff:.4f}, greedy "
+            f"agreement {record.drift.token_agreement:.1%} over {record.drift.positions} "
+            "positions"
+        )
     return 0
 
 
@@ -93,13 +102,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         _emit([{**r.to_json(), "status": status} for r, status in rows])
         return 0
-    table = Table("engine: model-backend-precision-device-sha", "batch", "ctx", "int8 agree",
-                  "built", "status")
+    table = Table(
+        "engine: model-backend-precision-device-sha", "batch", "ctx", "int8 agree", "built", "status"
+    )
     table.columns[0].no_wrap = True
     for r, status in rows:
         agreement = "" if r.drift is None else f"{r.drift.token_agreement:.1%}"
-        table.add_row(r.engine_id, str(r.max_batch), str(r.max_seq_len), agreement,
-                      r.built_at[:10], status.split(":")[0])
+        table.add_row(
+            r.engine_id,
+            str(r.max_batch),
+            str(r.max_seq_len),
+            agreement,
+            r.built_at[:10],
+            status.split(":")[0],
+        )
     out.print(table)
     return 0
 
@@ -112,15 +128,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         path = store.path(record)
     finally:
         store.close()
-    _emit({**record.to_json(), "path": str(path), "status": status,
-           "rebuild": record.build.command()})
+    _emit({**record.to_json(), "path": str(path), "status": status, "rebuild": record.build.command()})
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from infermeter.app.engines import load_engine, servable
     from infermeter.metering.timers import CpuStepTimer
-    from infermeter.runtime.build.bench import bench_engine
+    from infermeter.runtime.compile.bench import bench_engine
 
     settings = load_settings({"home": args.home, "intra_op_threads": args.threads})
     store = EngineStore(settings.home)
@@ -130,9 +145,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for record in records:
             engine = load_engine(store, record, settings, CpuStepTimer)
             try:
-                results.append(bench_engine(engine, prompt_tokens=args.prompt_tokens,
-                                            decode_steps=args.decode_steps, batch=args.batch,
-                                            rounds=args.rounds))
+                results.append(
+                    bench_engine(
+                        engine,
+                        prompt_tokens=args.prompt_tokens,
+                        decode_steps=args.decode_steps,
+                        batch=args.batch,
+                        rounds=args.rounds,
+                    )
+                )
             finally:
                 engine.close()
     finally:
@@ -140,21 +161,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     machine = f"{cpu_name()}, {_cores()} cores, Python {platform.python_version()}"
     when = datetime.now(UTC).strftime("%Y-%m-%d")
     if args.json:
-        _emit({"machine": machine, "date": when, "intra_op_threads": settings.intra_op_threads,
-               "engines": [b.to_json() for b in results]})
+        _emit(
+            {
+                "machine": machine,
+                "date": when,
+                "intra_op_threads": settings.intra_op_threads,
+                "engines": [b.to_json() for b in results],
+            }
+        )
         return 0
-    table = Table("engine", "prefill tok/s", "prefill ms/tok", "decode tok/s (b=1)",
-                  "decode ms/tok (b=1)", "decode tok/s (batch)", "decode ms/tok (batch)")
+    table = Table(
+        "engine",
+        "prefill tok/s",
+        "prefill ms/tok",
+        "decode tok/s (b=1)",
+        "decode ms/tok (b=1)",
+        "decode tok/s (batch)",
+        "decode ms/tok (batch)",
+    )
     table.columns[0].no_wrap = True
     for b in results:
-        table.add_row(b.engine_id, f"{b.prefill_tokens_per_s:,.0f}", f"{b.prefill_ms_per_token:.4f}",
-                      f"{b.decode_tokens_per_s:,.0f}", f"{b.decode_ms_per_token:.3f}",
-                      f"{b.batch_decode_tokens_per_s:,.0f} (b={b.batch})",
-                      f"{b.batch_decode_ms_per_token:.3f}")
+        table.add_row(
+            b.engine_id,
+            f"{b.prefill_tokens_per_s:,.0f}",
+            f"{b.prefill_ms_per_token:.4f}",
+            f"{b.decode_tokens_per_s:,.0f}",
+            f"{b.decode_ms_per_token:.3f}",
+            f"{b.batch_decode_tokens_per_s:,.0f} (b={b.batch})",
+            f"{b.batch_decode_ms_per_token:.3f}",
+        )
     out.print(table)
     threads = settings.intra_op_threads or "all"
-    out.print(f"{machine}; {when}; ONNX Runtime intra-op threads: {threads}; device time from "
-              "each engine's step timer")
+    out.print(
+        f"{machine}; {when}; ONNX Runtime intra-op threads: {threads}; device time from "
+        "each engine's step timer"
+    )
     return 0
 
 
@@ -170,22 +211,38 @@ def _emit(obj: Any) -> None:
 
 def register(sub: Any) -> None:
     engines = sub.add_parser("engines", help="build, list and show compiled engines").add_subparsers(
-        dest="engines_command", required=True, metavar="ACTION")
+        dest="engines_command", required=True, metavar="ACTION"
+    )
 
     p = engines.add_parser("build", help="build an engine from a model directory or ONNX file")
-    p.add_argument("source", nargs="?", default=BUILTIN_MODEL_NAME,
-                   help=f"model directory, .onnx file, or {BUILTIN_MODEL_NAME!r} (the default)")
+    p.add_argument(
+        "source",
+        nargs="?",
+        default=BUILTIN_MODEL_NAME,
+        help=f"model directory, .onnx file, or {BUILTIN_MODEL_NAME!r} (the default)",
+    )
     p.add_argument("--backend", choices=list(BACKEND_PRECISIONS), default="onnxruntime")
     p.add_argument("--precision", choices=[p.value for p in Precision], default="fp32")
     p.add_argument("--max-batch", type=int, dest="max_batch", help="default: serve's max batch")
-    p.add_argument("--max-seq-len", type=int, dest="max_seq_len",
-                   help="context per sequence (default: the model's)")
-    p.add_argument("--prefill-tokens", type=int, dest="prefill_tokens",
-                   help="largest prefill chunk of the prefill profile (default: the context)")
-    p.add_argument("--decode-buckets", dest="decode_buckets",
-                   help="decode profiles' past-length bounds, e.g. 128,256,512")
-    p.add_argument("--calibration", help="INT8 calibration text (.txt paragraphs or .jsonl "
-                                         "with a text field; default: infermeter's own docs)")
+    p.add_argument(
+        "--max-seq-len", type=int, dest="max_seq_len", help="context per sequence (default: the model's)"
+    )
+    p.add_argument(
+        "--prefill-tokens",
+        type=int,
+        dest="prefill_tokens",
+        help="largest prefill chunk of the prefill profile (default: the context)",
+    )
+    p.add_argument(
+        "--decode-buckets",
+        dest="decode_buckets",
+        help="decode profiles' past-length bounds, e.g. 128,256,512",
+    )
+    p.add_argument(
+        "--calibration",
+        help="INT8 calibration text (.txt paragraphs or .jsonl "
+        "with a text field; default: infermeter's own docs)",
+    )
     p.add_argument("--name", help="model name to serve it as (default: config.json name)")
     p.add_argument("--device", default="cpu", help="torch backend: cpu or cuda[:i]")
     p.add_argument("--json", action="store_true", help="print the metadata record")

@@ -1,12 +1,12 @@
 """``infermeter ledger …`` and ``infermeter receipt verify``: the verifiable log from the shell.
 
-  ledger verify                 every entry's hashes and columns, then every checkpoint's
-                                signature and root against the recomputed tree (exit 1 naming
-                                the first bad entry or checkpoint)
-  ledger checkpoint             sign the ledger now
-  ledger rotate-key             make a new signing key; old public keys stay listed
-  ledger correct RECORD_ID      --reversal | --credit AMOUNT, with --reason TEXT
-  receipt verify FILE           check a saved receipt offline (--key FILE or --key-url URL)
+ledger verify                 every entry's hashes and columns, then every checkpoint's
+                              signature and root against the recomputed tree (exit 1 naming
+                              the first bad entry or checkpoint)
+ledger checkpoint             sign the ledger now
+ledger rotate-key             make a new signing key; old public keys stay listed
+ledger correct RECORD_ID      --reversal | --credit AMOUNT, with --reason TEXT
+receipt verify FILE           check a saved receipt offline (--key FILE or --key-url URL)
 """
 
 from __future__ import annotations
@@ -67,8 +67,13 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
         finally:
             log.close()
     except sqlite3.Error as exc:  # e.g. the checkpoints table was dropped by hand
-        cps = CheckpointReport(False, 0, None, None, f"the signed checkpoints cannot be read ({exc}): "
-                               "their tables were dropped or damaged")
+        cps = CheckpointReport(
+            False,
+            0,
+            None,
+            None,
+            f"the signed checkpoints cannot be read ({exc}): their tables were dropped or damaged",
+        )
     if args.json:
         report = _report_json(chain, cps)
         _emit_json(report)
@@ -94,8 +99,10 @@ def cmd_ledger_checkpoint(args: argparse.Namespace) -> int:
         _emit_json({"created": created, **cp.to_json()})
     else:
         what = "signed" if created else "unchanged since"
-        out.print(f"{what} checkpoint {cp.number}: {cp.tree_size:,} entries, root {cp.root_hash}, "
-                  f"key {cp.key_id}, {cp.timestamp}")
+        out.print(
+            f"{what} checkpoint {cp.number}: {cp.tree_size:,} entries, root {cp.root_hash}, "
+            f"key {cp.key_id}, {cp.timestamp}"
+        )
     return 0
 
 
@@ -105,9 +112,11 @@ def cmd_ledger_rotate_key(args: argparse.Namespace) -> int:
     old = keys.active_id() if (keys.dir / "active").exists() else None
     new = keys.rotate()
     out.print(f"new ledger signing key [bold]{new}[/] is active" + (f" (was {old})" if old else ""))
-    out.print(f"Every public key stays listed at GET /v1/ledger/key and in {keys.dir}/ledger-*.pub, "
-              "so older checkpoints stay verifiable. Sign with the new key now: "
-              "`infermeter ledger checkpoint`.")
+    out.print(
+        f"Every public key stays listed at GET /v1/ledger/key and in {keys.dir}/ledger-*.pub, "
+        "so older checkpoints stay verifiable. Sign with the new key now: "
+        "`infermeter ledger checkpoint`."
+    )
     return 0
 
 
@@ -122,13 +131,24 @@ def cmd_ledger_correct(args: argparse.Namespace) -> int:
         store.close()
     record = done.record
     if args.json:
-        _emit_json({"record_id": record.record_id, "request_id": record.request_id, "kind": record.kind,
-                    "corrects": record.corrects, "seq": done.seq, "cost": format_decimal(record.cost),
-                    "currency": record.currency, "remaining_cost": format_decimal(done.remaining.cost)})
+        _emit_json(
+            {
+                "record_id": record.record_id,
+                "request_id": record.request_id,
+                "kind": record.kind,
+                "corrects": record.corrects,
+                "seq": done.seq,
+                "cost": format_decimal(record.cost),
+                "currency": record.currency,
+                "remaining_cost": format_decimal(done.remaining.cost),
+            }
+        )
         return 0
-    out.print(f"{record.kind} {record.record_id} (entry {done.seq}) corrects {record.corrects}: "
-              f"{format_decimal(record.cost)} {record.currency}; "
-              f"{format_decimal(done.remaining.cost)} {record.currency} of it remains billed")
+    out.print(
+        f"{record.kind} {record.record_id} (entry {done.seq}) corrects {record.corrects}: "
+        f"{format_decimal(record.cost)} {record.currency}; "
+        f"{format_decimal(done.remaining.cost)} {record.currency} of it remains billed"
+    )
     return 0
 
 
@@ -162,21 +182,33 @@ def public_keys_for(args: argparse.Namespace) -> dict[str, bytes]:
             resp.raise_for_status()
             return keys_from_document(resp.json())
         except (httpx.HTTPError, ValueError) as exc:
-            raise ConfigError(f"could not read keys from {args.key_url} ({exc}); pass the URL of "
-                              "GET /v1/ledger/key, e.g. http://127.0.0.1:8000/v1/ledger/key") from None
+            raise ConfigError(
+                f"could not read keys from {args.key_url} ({exc}); pass the URL of "
+                "GET /v1/ledger/key, e.g. http://127.0.0.1:8000/v1/ledger/key"
+            ) from None
     keys = _keys(settings_from(args), create=False).public_keys()
     if not keys:
-        raise ConfigError("no public key to verify with: pass --key FILE (the saved GET /v1/ledger/key "
-                          "JSON or a ledger-<id>.pub file) or --key-url URL")
+        raise ConfigError(
+            "no public key to verify with: pass --key FILE (the saved GET /v1/ledger/key "
+            "JSON or a ledger-<id>.pub file) or --key-url URL"
+        )
     return keys
 
 
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
     verdict = verify_receipt(_read_json(Path(args.file), "receipt"), public_keys_for(args))
     if args.json:
-        _emit_json({"ok": verdict.ok, "message": verdict.message, "record_id": verdict.record_id,
-                    "leaf_index": verdict.leaf_index, "tree_size": verdict.tree_size,
-                    "key_id": verdict.key_id, "signed_at": verdict.signed_at})
+        _emit_json(
+            {
+                "ok": verdict.ok,
+                "message": verdict.message,
+                "record_id": verdict.record_id,
+                "leaf_index": verdict.leaf_index,
+                "tree_size": verdict.tree_size,
+                "key_id": verdict.key_id,
+                "signed_at": verdict.signed_at,
+            }
+        )
         return 0 if verdict.ok else 1
     if not verdict.ok:
         raise LedgerIntegrityError(f"receipt {args.file} is NOT valid: {verdict.message}")
@@ -186,9 +218,11 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     ledger = sub.add_parser("ledger", help="verify, checkpoint and correct the usage ledger").add_subparsers(
-        dest="ledger_command", required=True, metavar="ACTION")
-    p = ledger.add_parser("verify", help="check every entry and every signed checkpoint; exit 1 naming "
-                          "the first bad one")
+        dest="ledger_command", required=True, metavar="ACTION"
+    )
+    p = ledger.add_parser(
+        "verify", help="check every entry and every signed checkpoint; exit 1 naming the first bad one"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_ledger_verify)
     p = ledger.add_parser("checkpoint", help="sign a checkpoint of the ledger now")
@@ -196,8 +230,9 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_ledger_checkpoint)
     p = ledger.add_parser("rotate-key", help="make a new signing key (old public keys stay listed)")
     p.set_defaults(handler=cmd_ledger_rotate_key)
-    p = ledger.add_parser("correct", help="credit or reverse a usage record (a new entry; the "
-                          "original stays)")
+    p = ledger.add_parser(
+        "correct", help="credit or reverse a usage record (a new entry; the original stays)"
+    )
     p.add_argument("record_id")
     p.add_argument("--reversal", action="store_true", help="undo what remains of the record's cost and RU")
     p.add_argument("--credit", metavar="AMOUNT", help="refund this amount of the record's cost, e.g. 0.50")
@@ -206,7 +241,8 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_ledger_correct)
 
     receipt = sub.add_parser("receipt", help="check saved receipts offline").add_subparsers(
-        dest="receipt_command", required=True, metavar="ACTION")
+        dest="receipt_command", required=True, metavar="ACTION"
+    )
     p = receipt.add_parser("verify", help="check a saved receipt with only the public key; exit 1 if invalid")
     p.add_argument("file", help="the receipt JSON saved from GET /v1/receipts/{record_id}")
     p.add_argument("--key", help="the saved GET /v1/ledger/key JSON, or a ledger-<id>.pub PEM file")

@@ -60,8 +60,9 @@ class RequestSpec:
     new_tokens: int  # tokens generated: one from the prefill step, the rest from decode steps
 
 
-def request_set(count: int, vocab: int, *, seed: int = 7, max_prompt: int = 96,
-                max_new: int = 12) -> list[RequestSpec]:
+def request_set(
+    count: int, vocab: int, *, seed: int = 7, max_prompt: int = 96, max_new: int = 12
+) -> list[RequestSpec]:
     """Deterministic requests with varied prompt lengths (8..max_prompt) and outputs."""
     specs = []
     for i in range(count):
@@ -72,8 +73,7 @@ def request_set(count: int, vocab: int, *, seed: int = 7, max_prompt: int = 96,
     return specs
 
 
-def solo_device_us(runner: StepRunner, specs: Sequence[RequestSpec], *,
-                   repeats: int = 3) -> dict[str, int]:
+def solo_device_us(runner: StepRunner, specs: Sequence[RequestSpec], *, repeats: int = 3) -> dict[str, int]:
     """Each request alone: Σ over its steps of the step's median device µs over ``repeats``."""
     out: dict[str, int] = {}
     for spec in specs:
@@ -91,8 +91,9 @@ def solo_device_us(runner: StepRunner, specs: Sequence[RequestSpec], *,
     return out
 
 
-def batched_steps(runner: StepRunner, specs: Sequence[RequestSpec], *, stagger: int = 1,
-                  runs: int = 1) -> list[StepRecord]:
+def batched_steps(
+    runner: StepRunner, specs: Sequence[RequestSpec], *, stagger: int = 1, runs: int = 1
+) -> list[StepRecord]:
     """The requests together under continuous batching: one schedule, run ``runs`` times
     (after one uncounted warm-up run); each step's device µs is its median over the runs."""
     measured: list[list[int]] = []
@@ -105,12 +106,15 @@ def batched_steps(runner: StepRunner, specs: Sequence[RequestSpec], *, stagger: 
         if r:
             for slot, (_, t) in zip(measured, record, strict=True):
                 slot.append(t)
-    return [StepRecord(i + 1, "accuracy", "bench", int(statistics.median(times)), parts)
-            for i, (parts, times) in enumerate(zip(schedule, measured, strict=True))]
+    return [
+        StepRecord(i + 1, "accuracy", "bench", int(statistics.median(times)), parts)
+        for i, (parts, times) in enumerate(zip(schedule, measured, strict=True))
+    ]
 
 
-def _batched_run(runner: StepRunner, specs: Sequence[RequestSpec], stagger: int,
-                 tag: str) -> list[tuple[tuple[Participant, ...], int]]:
+def _batched_run(
+    runner: StepRunner, specs: Sequence[RequestSpec], stagger: int, tag: str
+) -> list[tuple[tuple[Participant, ...], int]]:
     """One batched run; participants are named by request id, sequences by id and ``tag``."""
     steps: list[tuple[tuple[Participant, ...], int]] = []
     done: dict[str, int] = {}  # request id -> tokens generated so far
@@ -189,9 +193,18 @@ def evaluate(steps: Sequence[StepRecord], solo: dict[str, int], model: CostModel
         ref = s / total_solo if total_solo else 0.0
         share.append(abs((a / total_att if total_att else 0.0) - ref) / ref if ref else 0.0)
     return AccuracyReport(
-        model.version, len(solo), len(steps), measured, total_att, unattributed,
-        total_att + unattributed - measured, total_solo,
-        statistics.median(raw), _p95(raw), statistics.median(share), _p95(share),
+        model.version,
+        len(solo),
+        len(steps),
+        measured,
+        total_att,
+        unattributed,
+        total_att + unattributed - measured,
+        total_solo,
+        statistics.median(raw),
+        _p95(raw),
+        statistics.median(share),
+        _p95(share),
         {rid: (attributed[rid], solo[rid]) for rid in solo},
     )
 

@@ -120,9 +120,7 @@ def attribute(step: StepRecord, model: CostModel) -> StepShares:
     """
     total_us = step.device_us
     if type(total_us) is not int or total_us < 0:
-        raise ValueError(
-            f"step {step.step_id}: device_us={total_us!r} must be a non-negative int (µs)"
-        )
+        raise ValueError(f"step {step.step_id}: device_us={total_us!r} must be a non-negative int (µs)")
     parts = step.participants
     if step.warmup or not parts:
         return StepShares(step.step_id, total_us, {}, total_us)

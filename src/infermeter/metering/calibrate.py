@@ -93,8 +93,7 @@ def measure_cpu_reference(*, quick: bool = False) -> ReferenceRates:
         t0 = time.perf_counter()
         np.copyto(dst, src)
         best_copy = min(best_copy, time.perf_counter() - t0)
-    return ReferenceRates("cpu", "numpy", "float32", 2 * n**3 / best_gemm / 1e12,
-                          2 * size / best_copy / 1e9)
+    return ReferenceRates("cpu", "numpy", "float32", 2 * n**3 / best_gemm / 1e12, 2 * size / best_copy / 1e9)
 
 
 def measure_cuda_reference(*, quick: bool = False, dtype: str = "bfloat16") -> ReferenceRates:
@@ -124,8 +123,9 @@ def measure_cuda_reference(*, quick: bool = False, dtype: str = "bfloat16") -> R
     src = torch.empty(size, dtype=torch.uint8, device=dev)
     dst = torch.empty_like(src)
     copy_s = timed(lambda: dst.copy_(src), 5 if quick else 10)
-    return ReferenceRates(torch.cuda.get_device_name(), "torch", dtype,
-                          2 * n**3 / gemm_s / 1e12, 2 * size / copy_s / 1e9)
+    return ReferenceRates(
+        torch.cuda.get_device_name(), "torch", dtype, 2 * n**3 / gemm_s / 1e12, 2 * size / copy_s / 1e9
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +137,9 @@ class ModelShape:
     kv_bytes_per_token: int
 
     @classmethod
-    def decoder(cls, layers: int, d_model: int, vocab: int, weight_bytes: int,
-                kv_bytes_per_token: int) -> ModelShape:
+    def decoder(
+        cls, layers: int, d_model: int, vocab: int, weight_bytes: int, kv_bytes_per_token: int
+    ) -> ModelShape:
         """GPT-style estimate: 12·L·d² block weights plus the tied embedding V·d."""
         return cls(12 * layers * d_model**2 + vocab * d_model, weight_bytes, kv_bytes_per_token)
 
@@ -155,8 +156,7 @@ class PhaseProbe:
     compute_fraction: float  # f_c: compute-bound share of roofline time
 
 
-def _roofline_fc(shape: ModelShape, rates: ReferenceRates, batch: int, tokens: int,
-                 context: int) -> float:
+def _roofline_fc(shape: ModelShape, rates: ReferenceRates, batch: int, tokens: int, context: int) -> float:
     layer_width = shape.kv_bytes_per_token / (2 * shape.weight_bytes)  # Σ layers of d_model
     flops = 2.0 * shape.params + 4.0 * context * layer_width  # weights + attention over context
     bytes_ = shape.params * shape.weight_bytes / (batch * tokens) + context * shape.kv_bytes_per_token
@@ -169,8 +169,9 @@ def _tokens(vocab: int, n: int, salt: int) -> list[int]:
     return [(salt * 31 + i * 7) % vocab for i in range(n)]
 
 
-def probe_phases(runner: StepRunner, shape: ModelShape, rates: ReferenceRates, *,
-                 quick: bool = False) -> tuple[PhaseProbe, PhaseProbe]:
+def probe_phases(
+    runner: StepRunner, shape: ModelShape, rates: ReferenceRates, *, quick: bool = False
+) -> tuple[PhaseProbe, PhaseProbe]:
     """Prefill-only (4 x 64 new tokens) and decode-only (8 x 1 at context 64) runs."""
     reps = 3 if quick else 7
     v = runner.vocab_size
@@ -187,10 +188,8 @@ def probe_phases(runner: StepRunner, shape: ModelShape, rates: ReferenceRates, *
         for s in ids:
             runner.release(s)
     return (
-        PhaseProbe("prefill", 4, 64, 0, statistics.median(prefill),
-                   _roofline_fc(shape, rates, 4, 64, 0)),
-        PhaseProbe("decode", 8, 1, 64, statistics.median(decode),
-                   _roofline_fc(shape, rates, 8, 1, 64)),
+        PhaseProbe("prefill", 4, 64, 0, statistics.median(prefill), _roofline_fc(shape, rates, 4, 64, 0)),
+        PhaseProbe("decode", 8, 1, 64, statistics.median(decode), _roofline_fc(shape, rates, 8, 1, 64)),
     )
 
 
@@ -198,8 +197,9 @@ def _factor(value: float) -> Decimal:
     return Decimal(f"{value:.4g}")
 
 
-def device_table(base: RuTable, device_class: str, rates: ReferenceRates,
-                 probes: Sequence[PhaseProbe], version: str) -> RuTable:
+def device_table(
+    base: RuTable, device_class: str, rates: ReferenceRates, probes: Sequence[PhaseProbe], version: str
+) -> RuTable:
     """``base`` with ``device_class``'s rows replaced by measured blends, as ``version``."""
     factors = {k: v for k, v in base.factors.items() if k[0] != device_class}
     for probe in probes:
@@ -218,8 +218,9 @@ def cost_steps(runner: StepRunner, *, quick: bool = False) -> list[tuple[list[Pa
     """
     v = runner.vocab_size
     out: list[tuple[list[Participant], int]] = []
-    batches, lengths, contexts = ((1, 3), (16, 64), (0, 96)) if quick else (
-        (1, 2, 4), (8, 32, 96), (0, 64, 192))
+    batches, lengths, contexts = (
+        ((1, 3), (16, 64), (0, 96)) if quick else ((1, 2, 4), (8, 32, 96), (0, 64, 192))
+    )
     repeats = 3 if quick else 5
     serial = 0
     for b in batches:
@@ -232,26 +233,25 @@ def cost_steps(runner: StepRunner, *, quick: bool = False) -> list[tuple[list[Pa
                     ids = [f"cal{serial}-{i}" for i in range(b)]
                     if c:
                         runner.run([(s, _tokens(v, c, i)) for i, s in enumerate(ids)])
-                    times[0].append(runner.run([(s, _tokens(v, n, i + 1))
-                                                for i, s in enumerate(ids)]))
+                    times[0].append(runner.run([(s, _tokens(v, n, i + 1)) for i, s in enumerate(ids)]))
                     if with_decode:
                         times[1].append(runner.run([(s, [1]) for s in ids]))
                         new = f"cal{serial}-mix"
-                        times[2].append(runner.run([(s, [2]) for s in ids]
-                                                   + [(new, _tokens(v, 2 * n, 5))]))
+                        times[2].append(runner.run([(s, [2]) for s in ids] + [(new, _tokens(v, 2 * n, 5))]))
                         runner.release(new)
                     for s in ids:
                         runner.release(s)
                 ids = [f"c{i}" for i in range(b)]
-                out.append(([Participant(s, n, c, 0) for s in ids],
-                            int(statistics.median(times[0]))))
+                out.append(([Participant(s, n, c, 0) for s in ids], int(statistics.median(times[0]))))
                 if with_decode:
                     ctx = c + n
-                    out.append(([Participant(s, 0, ctx, 1) for s in ids],
-                                int(statistics.median(times[1]))))
-                    out.append(([Participant(s, 0, ctx + 1, 1) for s in ids]
-                                + [Participant("mix", 2 * n, 0, 0)],
-                                int(statistics.median(times[2]))))
+                    out.append(([Participant(s, 0, ctx, 1) for s in ids], int(statistics.median(times[1]))))
+                    out.append(
+                        (
+                            [Participant(s, 0, ctx + 1, 1) for s in ids] + [Participant("mix", 2 * n, 0, 0)],
+                            int(statistics.median(times[2])),
+                        )
+                    )
     return out
 
 
@@ -277,25 +277,34 @@ class Calibration:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": self.version, "created_at": self.created_at, "device": self.device,
+            "version": self.version,
+            "created_at": self.created_at,
+            "device": self.device,
             "device_class": self.device_class,
-            "rates": asdict(self.rates) | {"r_compute": self.rates.r_compute,
-                                           "r_bw": self.rates.r_bw},
+            "rates": asdict(self.rates) | {"r_compute": self.rates.r_compute, "r_bw": self.rates.r_bw},
             "probes": [asdict(p) for p in self.probes],
             "ru_table": self.ru_table.to_json(),
-            "cost_models": {eid: {"model": f.model.to_json(), "mape_percent": str(f.mape_percent),
-                                  "steps": f.steps} for eid, f in self.cost_models.items()},
+            "cost_models": {
+                eid: {"model": f.model.to_json(), "mape_percent": str(f.mape_percent), "steps": f.steps}
+                for eid, f in self.cost_models.items()
+            },
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Calibration:
         rates = {k: v for k, v in data["rates"].items() if k not in ("r_compute", "r_bw")}
         return cls(
-            data["version"], data["created_at"], data["device"], data["device_class"],
-            ReferenceRates(**rates), tuple(PhaseProbe(**p) for p in data["probes"]),
+            data["version"],
+            data["created_at"],
+            data["device"],
+            data["device_class"],
+            ReferenceRates(**rates),
+            tuple(PhaseProbe(**p) for p in data["probes"]),
             RuTable.from_json(data["ru_table"]),
-            {eid: FittedModel(CostModel.from_json(m["model"]), Decimal(m["mape_percent"]),
-                              int(m["steps"])) for eid, m in data["cost_models"].items()},
+            {
+                eid: FittedModel(CostModel.from_json(m["model"]), Decimal(m["mape_percent"]), int(m["steps"]))
+                for eid, m in data["cost_models"].items()
+            },
         )
 
 
@@ -305,9 +314,14 @@ def new_version(device_class: str, now: datetime | None = None) -> str:
 
 
 def calibrate(
-    device_class: str, rates: ReferenceRates, base: RuTable,
-    engines: dict[str, tuple[StepRunner, ModelShape]], *, quick: bool = False,
-    probe_engine: str | None = None, version: str | None = None,
+    device_class: str,
+    rates: ReferenceRates,
+    base: RuTable,
+    engines: dict[str, tuple[StepRunner, ModelShape]],
+    *,
+    quick: bool = False,
+    probe_engine: str | None = None,
+    version: str | None = None,
 ) -> Calibration:
     """Probe phases on ``probe_engine`` (default: the first), fit every engine's cost model."""
     if not engines:
@@ -322,8 +336,16 @@ def calibrate(
         steps = cost_steps(run, quick=quick)
         model, mape = fit_cost_model(steps, f"fit-{engine_id}-{version}")
         models[engine_id] = FittedModel(model, mape, len(steps))
-    return Calibration(version, datetime.now(UTC).isoformat(timespec="seconds"), rates.device,
-                       device_class, rates, probes, table, models)
+    return Calibration(
+        version,
+        datetime.now(UTC).isoformat(timespec="seconds"),
+        rates.device,
+        device_class,
+        rates,
+        probes,
+        table,
+        models,
+    )
 
 
 def save(calibration: Calibration, home: Path) -> Path:
@@ -352,8 +374,11 @@ def load_latest(home: Path) -> LoadedCalibration | None:
     previous newest table), so the newest table is the only one needed.
     """
     folder = Path(home) / CALIBRATION_DIR
-    found = [(json.loads(p.read_text(encoding="utf-8")), p)
-             for p in folder.glob("calibration-*.json")] if folder.is_dir() else []
+    found = (
+        [(json.loads(p.read_text(encoding="utf-8")), p) for p in folder.glob("calibration-*.json")]
+        if folder.is_dir()
+        else []
+    )
     if not found:
         return None
     found.sort(key=lambda item: (item[0]["created_at"], item[1].name))
@@ -361,8 +386,7 @@ def load_latest(home: Path) -> LoadedCalibration | None:
     for data, _ in found:
         for engine_id, entry in data["cost_models"].items():
             models[engine_id] = CostModel.from_json(entry["model"])
-    return LoadedCalibration(RuTable.from_json(found[-1][0]["ru_table"]), models,
-                             tuple(p for _, p in found))
+    return LoadedCalibration(RuTable.from_json(found[-1][0]["ru_table"]), models, tuple(p for _, p in found))
 
 
 __all__ = [

@@ -40,9 +40,7 @@ def step_features(participants: Sequence[Participant]) -> tuple[int, int, int, i
     return sp, spc, sd, sdc, 1 if participants else 0
 
 
-def nnls(
-    a: NDArray[np.float64], b: NDArray[np.float64], max_iter: int = 100
-) -> NDArray[np.float64]:
+def nnls(a: NDArray[np.float64], b: NDArray[np.float64], max_iter: int = 100) -> NDArray[np.float64]:
     """argmin ‖a·x − b‖ subject to x >= 0 (Lawson and Hanson's active-set method)."""
     m, n = a.shape
     x = np.zeros(n)

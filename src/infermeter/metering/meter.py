@@ -93,9 +93,7 @@ class MeterBook:
         t = step.device_us
         for rid, held in kv_bytes.items():
             if held < 0:
-                raise ValueError(
-                    f"step {step.step_id}: request {rid!r} holds {held} KV bytes; must be >= 0"
-                )
+                raise ValueError(f"step {step.step_id}: request {rid!r} holds {held} KV bytes; must be >= 0")
             if held:
                 acc = self._open.get(rid)
                 if acc is None:

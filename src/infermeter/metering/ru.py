@@ -46,9 +46,7 @@ class RuTable:
 
     version: str
     factors: Mapping[FactorKey, Decimal]
-    _ratios: dict[FactorKey, tuple[int, int]] = field(
-        init=False, repr=False, compare=False, hash=False
-    )
+    _ratios: dict[FactorKey, tuple[int, int]] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not self.version:
@@ -91,9 +89,7 @@ class RuTable:
         num, den = self._ratio(device_class, Phase(phase), Precision(precision))
         return Decimal(num) / Decimal(den)  # exact: den is a power of 10 from a Decimal
 
-    def ru_micros(
-        self, device_class: str, precision: Precision, prefill_us: int, decode_us: int
-    ) -> int:
+    def ru_micros(self, device_class: str, precision: Precision, prefill_us: int, decode_us: int) -> int:
         """micro-RU = round_half_even((prefill_us·f_prefill + decode_us·f_decode)·1000)."""
         if prefill_us < 0 or decode_us < 0:
             raise ValueError(

@@ -215,8 +215,7 @@ class WindowSampler:
         elif end - start < self.min_activity_ns:
             reason = reason or SHORT
             sm = dram = None
-        elif ran and (sm is None or math.isnan(sm) or sm == 0.0
-                      or dram is None or math.isnan(dram)):
+        elif ran and (sm is None or math.isnan(sm) or sm == 0.0 or dram is None or math.isnan(dram)):
             reason = reason or ZERO_OR_NAN
             sm = dram = None
         if sm is not None and math.isnan(sm):
@@ -229,9 +228,17 @@ class WindowSampler:
             self._idle_seen.append(delta * 1_000_000_000 // (end - start))  # mJ/ns -> mW
         valid = reason is None
         self._count(attribution, reason)
-        return ClosedWindow(attribution, last.sm_activity, last.tensor_activity,
-                            last.dram_activity, last.memory_used_mb, valid, reason, ran,
-                            self.source.name)
+        return ClosedWindow(
+            attribution,
+            last.sm_activity,
+            last.tensor_activity,
+            last.dram_activity,
+            last.memory_used_mb,
+            valid,
+            reason,
+            ran,
+            self.source.name,
+        )
 
     def _count(self, attribution: WindowAttribution, reason: str | None) -> None:
         s = self.stats

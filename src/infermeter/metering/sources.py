@@ -249,7 +249,8 @@ class DcgmSource:
                     "PYTHONPATH, with nv-hostengine running; or use sampler=nvml"
                 ) from exc
             reader = module.DcgmReader(
-                fieldIds=list(DCGM_FIELDS), updateFrequency=max(100, update_ms) * 1000,
+                fieldIds=list(DCGM_FIELDS),
+                updateFrequency=max(100, update_ms) * 1000,
                 gpuIds=[gpu_id],
             )
             reader.Init()  # loads libdcgm and connects to nv-hostengine

@@ -114,23 +114,48 @@ class WindowLedger:
         for rid, device_ms in a.device_ms.items():
             sm = None if a.sm_weighted_ms is None else _ns(a.sm_weighted_ms[rid])
             dram = None if a.dram_weighted_ms is None else _ns(a.dram_weighted_ms[rid])
-            rows.append((rid, a.window_start_ns, a.window_end_ns, window.source,
-                         a.energy_shares_mj.get(rid, 0), _ns(device_ms), sm, dram))
-        pool = (a.window_start_ns, a.window_end_ns, window.source, a.energy_mj, a.idle_mj,
-                a.energy_mj - a.unattributed_energy_mj, a.unattributed_energy_mj,
-                window.sm_activity, window.tensor_activity, window.dram_activity,
-                window.memory_used_mb, window.steps, int(window.valid), window.reason,
-                datetime.now(UTC).isoformat(timespec="milliseconds"))
+            rows.append(
+                (
+                    rid,
+                    a.window_start_ns,
+                    a.window_end_ns,
+                    window.source,
+                    a.energy_shares_mj.get(rid, 0),
+                    _ns(device_ms),
+                    sm,
+                    dram,
+                )
+            )
+        pool = (
+            a.window_start_ns,
+            a.window_end_ns,
+            window.source,
+            a.energy_mj,
+            a.idle_mj,
+            a.energy_mj - a.unattributed_energy_mj,
+            a.unattributed_energy_mj,
+            window.sm_activity,
+            window.tensor_activity,
+            window.dram_activity,
+            window.memory_used_mb,
+            window.steps,
+            int(window.valid),
+            window.reason,
+            datetime.now(UTC).isoformat(timespec="milliseconds"),
+        )
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany(
-                    "INSERT OR IGNORE INTO window_usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    "INSERT OR IGNORE INTO window_usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
                 self._conn.execute(
                     "INSERT INTO window_pool (window_start_ns, window_end_ns, source, energy_mj,"
                     " idle_mj, attributed_energy_mj, unattributed_energy_mj, sm_activity,"
                     " tensor_activity, dram_activity, memory_used_mb, steps, valid, reason,"
-                    " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", pool)
+                    " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    pool,
+                )
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -157,7 +182,11 @@ class WindowLedger:
                 ).fetchall()
             for rid, n, n_weighted, energy, device, weighted, dram in rows:
                 out[rid] = WindowMeters(
-                    rid, n, n_weighted, int(energy), _ms(device),
+                    rid,
+                    n,
+                    n_weighted,
+                    int(energy),
+                    _ms(device),
                     None if weighted is None else _ms(weighted),
                     None if dram is None else _ms(dram),
                 )

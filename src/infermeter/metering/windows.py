@@ -48,9 +48,7 @@ def _activity(name: str, value: Decimal | float | None) -> tuple[int, int] | Non
         return None
     exact = Decimal(repr(value)) if isinstance(value, float) else value
     if not isinstance(exact, Decimal) or not exact.is_finite() or not 0 <= exact <= 1:
-        raise ValueError(
-            f"{name}={value!r} must be a ratio between 0 and 1 (divide a percentage by 100)"
-        )
+        raise ValueError(f"{name}={value!r} must be a ratio between 0 and 1 (divide a percentage by 100)")
     return exact.as_integer_ratio()
 
 
@@ -86,9 +84,7 @@ def attribute_window(
     """
     length = window_end_ns - window_start_ns
     if length <= 0:
-        raise ValueError(
-            f"window [{window_start_ns}, {window_end_ns}) ns is empty; end must be after start"
-        )
+        raise ValueError(f"window [{window_start_ns}, {window_end_ns}) ns is empty; end must be after start")
     if energy_delta_mj < 0 or idle_power_mw < 0:
         raise ValueError(
             f"energy delta {energy_delta_mj} mJ and idle power {idle_power_mw} mW must be >= 0 "

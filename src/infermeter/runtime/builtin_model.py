@@ -65,9 +65,7 @@ class DecoderConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    def hf_config(
-        self, *, name: str = BUILTIN_MODEL_NAME, weights: str = "random"
-    ) -> dict[str, Any]:
+    def hf_config(self, *, name: str = BUILTIN_MODEL_NAME, weights: str = "random") -> dict[str, Any]:
         """config.json contents: Hugging Face GPT-2 keys plus infermeter's own."""
         return {
             "model_type": "gpt2",
@@ -150,9 +148,7 @@ class _Graph:
         return self.op("Add", self.op("MatMul", x, w), b)
 
     def layer_norm(self, x: str, prefix: str, eps: float) -> str:
-        return self.op(
-            "LayerNormalization", x, prefix + ".weight", prefix + ".bias", axis=-1, epsilon=eps
-        )
+        return self.op("LayerNormalization", x, prefix + ".weight", prefix + ".bias", axis=-1, epsilon=eps)
 
 
 def build_decoder_onnx(weights: Weights, config: DecoderConfig) -> onnx.ModelProto:
@@ -202,13 +198,8 @@ def build_decoder_onnx(weights: Weights, config: DecoderConfig) -> onnx.ModelPro
         a = g.layer_norm(x, p + "ln_1", eps)
         qkv = g.linear(a, p + "attn.c_attn.weight", p + "attn.c_attn.bias")
         q, k, v = (f"{p}q", f"{p}k", f"{p}v")
-        g.nodes.append(
-            helper.make_node("Split", [qkv, "qkv_split"], [q, k, v], axis=-1, name=f"{p}split")
-        )
-        q, k, v = (
-            g.op("Transpose", g.op("Reshape", t, "heads_shape"), perm=[0, 2, 1, 3])
-            for t in (q, k, v)
-        )
+        g.nodes.append(helper.make_node("Split", [qkv, "qkv_split"], [q, k, v], axis=-1, name=f"{p}split"))
+        q, k, v = (g.op("Transpose", g.op("Reshape", t, "heads_shape"), perm=[0, 2, 1, 3]) for t in (q, k, v))
         k = g.op("Concat", f"past_key_values.{i}.key", k, axis=2, out=f"present.{i}.key")
         v = g.op("Concat", f"past_key_values.{i}.value", v, axis=2, out=f"present.{i}.value")
         scores = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
@@ -230,15 +221,11 @@ def build_decoder_onnx(weights: Weights, config: DecoderConfig) -> onnx.ModelPro
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch_size", h, length, hd])
 
     inputs = [
-        helper.make_tensor_value_info(
-            "input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]
-        ),
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
         helper.make_tensor_value_info(
             "attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]
         ),
-        helper.make_tensor_value_info(
-            "position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]
-        ),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
     ]
     outputs = [
         helper.make_tensor_value_info(

@@ -173,3 +173,11 @@ class SequenceCaches:
 
     def release(self, seq_id: str) -> None:
         self._caches.pop(seq_id, None)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedEngine:
+    """An engine ready to serve, with the tokenizer of its model."""
+
+    engine: Engine
+    tokenizer: Tokenizer

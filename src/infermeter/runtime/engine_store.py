@@ -30,7 +30,7 @@ from pathlib import Path
 
 from infermeter.core.errors import ConfigError, NotFound, StaleEngine
 from infermeter.core.types import Precision
-from infermeter.runtime.build.metadata import EngineRecord
+from infermeter.runtime.compile.metadata import EngineRecord
 
 METADATA_FILE = "metadata.json"
 _SCHEMA = """
@@ -140,8 +140,9 @@ class EngineStore:
             shutil.rmtree(old, ignore_errors=True)
         os.replace(staging, target)
         with self._conn:
-            self._conn.execute("DELETE FROM engines WHERE engine_id = ? AND sha256 != ?",
-                               (record.engine_id, record.sha256))
+            self._conn.execute(
+                "DELETE FROM engines WHERE engine_id = ? AND sha256 != ?", (record.engine_id, record.sha256)
+            )
             self._conn.execute(
                 "INSERT OR REPLACE INTO engines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.sha256, record.engine_id, record.model, record.backend,
@@ -184,9 +185,7 @@ class EngineStore:
             )
         return _record(row[0])
 
-    def latest(
-        self, model: str, backend: str, precision: Precision, device: str
-    ) -> EngineRecord | None:
+    def latest(self, model: str, backend: str, precision: Precision, device: str) -> EngineRecord | None:
         """The newest engine of that kind, or None."""
         row = self._conn.execute(
             "SELECT record FROM engines WHERE model = ? AND backend = ? AND precision = ? "
@@ -224,7 +223,9 @@ class EngineStore:
                 f"runs {env.runtime} {env.version}; {rebuild}"
             )
         same_model = (record.device_name, record.compute_capability) == (
-            env.device_name, env.compute_capability)
+            env.device_name,
+            env.compute_capability,
+        )
         if record.device != env.device or not (env.portable or same_model):
             built = _device_text(record.device, record.device_name, record.compute_capability)
             here = _device_text(env.device, env.device_name, env.compute_capability)

@@ -87,9 +87,7 @@ def fake_engine_info(
         num_kv_heads=4,
         head_dim=32,
         profiles=(
-            ShapeProfile(
-                "prefill", 1, 1, max_batch, 1, min(128, max_seq_len), max_seq_len, max_seq_len - 1
-            ),
+            ShapeProfile("prefill", 1, 1, max_batch, 1, min(128, max_seq_len), max_seq_len, max_seq_len - 1),
             ShapeProfile("decode", 1, max_batch, max_batch, 1, 1, 1, max_seq_len - 1),
         ),
     )
@@ -119,27 +117,19 @@ class FakeEngine:
             return StepOutput({}, 0)
         self._validate(inputs)
         if self.fail_at_step is not None and len(self.history) + 1 == self.fail_at_step:
-            raise EngineError(
-                f"engine {self.info.engine_id} failed at scripted step {self.fail_at_step}"
-            )
+            raise EngineError(f"engine {self.info.engine_id} failed at scripted step {self.fail_at_step}")
         participants = []
         for x in inputs:
             past, n = self._past.get(x.seq_id, 0), len(x.tokens)
             decode = n == 1 and past > 0
             participants.append((0 if decode else n, past, 1 if decode else 0))
         self.timer.begin()
-        logits = {
-            x.seq_id: self._logits(x, d) for x, (_, _, d) in zip(inputs, participants, strict=True)
-        }
+        logits = {x.seq_id: self._logits(x, d) for x, (_, _, d) in zip(inputs, participants, strict=True)}
         self.timer.end()
-        device_us = (
-            self.cost.step_us(participants) if self.scripted_time else self.timer.elapsed_us()
-        )
+        device_us = self.cost.step_us(participants) if self.scripted_time else self.timer.elapsed_us()
         self.history.append(
             StepLog(
-                tuple(
-                    (x.seq_id, c, p + d) for x, (p, c, d) in zip(inputs, participants, strict=True)
-                ),
+                tuple((x.seq_id, c, p + d) for x, (p, c, d) in zip(inputs, participants, strict=True)),
                 device_us,
             )
         )
@@ -165,9 +155,7 @@ class FakeEngine:
             raise ValueError("a seq_id appears twice in one step; give each sequence once")
         for x in inputs:
             if not x.tokens:
-                raise ValueError(
-                    f"seq_id {x.seq_id!r} has no new tokens; a step feeds at least one"
-                )
+                raise ValueError(f"seq_id {x.seq_id!r} has no new tokens; a step feeds at least one")
             past = self.past_length(x.seq_id)
             total = past + len(x.tokens)
             if total > self.info.max_seq_len:

@@ -81,9 +81,7 @@ class OrtEngine(SequenceCaches):
         model_dir = Path(model_dir)
         path = model_dir / model_file
         if not path.is_file():
-            raise ConfigError(
-                f"model directory {model_dir} has no {model_file}; build or export it first"
-            )
+            raise ConfigError(f"model directory {model_dir} has no {model_file}; build or export it first")
         config = _read_config(model_dir)
         options = ort.SessionOptions()
         # One step at a time, one operator at a time: the step's wall time is then its device time.
@@ -199,9 +197,7 @@ class OrtEngine(SequenceCaches):
         input_ids = np.zeros((b, n_max), np.int64)
         position_ids = np.zeros((b, n_max), np.int64)
         mask = np.zeros((b, p_max + n_max), np.int64)
-        past = self._staging_view(
-            slot, (info.num_layers, 2, b, info.num_kv_heads, p_max, info.head_dim)
-        )
+        past = self._staging_view(slot, (info.num_layers, 2, b, info.num_kv_heads, p_max, info.head_dim))
         for row, (x, p) in enumerate(zip(group, pasts, strict=True)):
             n = len(x.tokens)
             input_ids[row, n_max - n :] = x.tokens
@@ -232,9 +228,7 @@ class OrtEngine(SequenceCaches):
             self._staging[slot] = buf
         return buf[:size].reshape(shape)
 
-    def _scatter(
-        self, group: Sequence[SeqInput], result: list[Any]
-    ) -> dict[str, npt.NDArray[np.float32]]:
+    def _scatter(self, group: Sequence[SeqInput], result: list[Any]) -> dict[str, npt.NDArray[np.float32]]:
         """Store each sequence's new K/V (pads cut away); return its last-position logits."""
         n_max = max(len(x.tokens) for x in group)
         logits, presents = result[0], result[1:]
@@ -280,9 +274,7 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(
-            f"model directory {model_dir} has no config.json; add the model's config"
-        ) from exc
+        raise ConfigError(f"model directory {model_dir} has no config.json; add the model's config") from exc
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}; fix the file") from exc
     if not isinstance(data, dict):

@@ -21,7 +21,7 @@ from infermeter.core.errors import (
     UnknownModel,
 )
 from infermeter.core.types import Precision, ServiceTier
-from infermeter.runtime.build.profiles import request_fit
+from infermeter.runtime.compile.profiles import request_fit
 from infermeter.runtime.engine import EngineInfo
 
 GPU_ORDER = (Precision.FP16, Precision.BF16, Precision.FP32, Precision.INT8)

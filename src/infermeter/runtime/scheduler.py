@@ -119,8 +119,7 @@ class Scheduler:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         if len(tokens) >= self.config.max_seq_len:
             raise ValueError(
-                f"prompt has {len(tokens)} tokens; the engine accepts at most "
-                f"{self.config.max_seq_len - 1}"
+                f"prompt has {len(tokens)} tokens; the engine accepts at most {self.config.max_seq_len - 1}"
             )
         seq = SeqState(request_id, tier, tokens, max_tokens, self._arrivals, eos_token_id)
         self._arrivals += 1

@@ -100,23 +100,33 @@ def torch_env(device: str) -> RuntimeEnv:
     torch = import_torch()
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {device} asked for, but torch sees no CUDA device; "
-                              "use --device cpu or run on a GPU machine")
+            raise ConfigError(
+                f"device {device} asked for, but torch sees no CUDA device; "
+                "use --device cpu or run on a GPU machine"
+            )
         index = torch.device(device).index or 0
         major, minor = torch.cuda.get_device_capability(index)
-        return RuntimeEnv("torch", str(torch.__version__), "cuda",
-                          torch.cuda.get_device_name(index), f"{major}.{minor}")
+        return RuntimeEnv(
+            "torch", str(torch.__version__), "cuda", torch.cuda.get_device_name(index), f"{major}.{minor}"
+        )
     return RuntimeEnv("torch", str(torch.__version__), "cpu", cpu_name())
 
 
 class TorchEngine(PaddedKVEngine):
     """The Engine protocol over the GPT-2 decoder in torch."""
 
-    def __init__(self, info: EngineInfo, config: DecoderConfig, weights: dict[str, Any],
-                 timer_factory: TimerFactory, *, device: Any, dtype: Any,
-                 stream: Any | None) -> None:
-        super().__init__(info, timer_factory(stream), device=device, kv_dtype=dtype,
-                         stream=stream)
+    def __init__(
+        self,
+        info: EngineInfo,
+        config: DecoderConfig,
+        weights: dict[str, Any],
+        timer_factory: TimerFactory,
+        *,
+        device: Any,
+        dtype: Any,
+        stream: Any | None,
+    ) -> None:
+        super().__init__(info, timer_factory(stream), device=device, kv_dtype=dtype, stream=stream)
         self.config = config
         self._w = weights
         self._dtype = dtype
@@ -141,15 +151,24 @@ class TorchEngine(PaddedKVEngine):
             config_json = json.loads((engine_dir / "config.json").read_text(encoding="utf-8"))
             npz = np.load(engine_dir / WEIGHTS_FILE)
         except (OSError, ValueError) as exc:
-            raise EngineError(f"cannot read the torch engine in {engine_dir}: {exc}; "
-                              "rebuild it with `infermeter engines build --backend torch`") from exc
+            raise EngineError(
+                f"cannot read the torch engine in {engine_dir}: {exc}; "
+                "rebuild it with `infermeter engines build --backend torch`"
+            ) from exc
         config = decoder_config(config_json)
-        dtype = {Precision.FP32: torch.float32, Precision.FP16: torch.float16,
-                 Precision.BF16: torch.bfloat16}[precision]
+        dtype = {
+            Precision.FP32: torch.float32,
+            Precision.FP16: torch.float16,
+            Precision.BF16: torch.bfloat16,
+        }[precision]
         dev = torch.device(device)
         with npz:
-            weights = {name[: -len(".npy")] if name.endswith(".npy") else name:
-                       _to_tensor(torch, npz[name], dtype, dev) for name in npz.files}
+            weights = {
+                name[: -len(".npy")] if name.endswith(".npy") else name: _to_tensor(
+                    torch, npz[name], dtype, dev
+                )
+                for name in npz.files
+            }
         weights["lm_head"] = weights["wte"].t().contiguous()
         stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
         model = model_name or str(config_json.get("name") or engine_dir.name)
@@ -166,8 +185,7 @@ class TorchEngine(PaddedKVEngine):
         )  # fmt: skip
         return cls(info, config, weights, timer_factory, device=dev, dtype=dtype, stream=stream)
 
-    def _forward(self, input_ids: Any, attention_mask: Any, position_ids: Any,
-                 past: Any) -> tuple[Any, Any]:
+    def _forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, past: Any) -> tuple[Any, Any]:
         """Last-position logits ``[B, vocab]`` and new K/V ``[L, 2, B, H, N, hd]``."""
         torch, w, cfg = self.torch, self._w, self.config
         functional = torch.nn.functional

@@ -54,8 +54,9 @@ class _Cache:
 class PaddedKVEngine(SequenceCaches):
     """The Engine protocol over device-resident caches; subclasses run the model."""
 
-    def __init__(self, info: EngineInfo, timer: StepTimer, *, device: Any, kv_dtype: Any,
-                 stream: Any | None) -> None:
+    def __init__(
+        self, info: EngineInfo, timer: StepTimer, *, device: Any, kv_dtype: Any, stream: Any | None
+    ) -> None:
         self.torch = import_torch()
         self.info = info
         self.timer = timer
@@ -66,8 +67,7 @@ class PaddedKVEngine(SequenceCaches):
         self._closed = False
 
     # -- subclass hook --------------------------------------------------------------
-    def _forward(self, input_ids: Any, attention_mask: Any, position_ids: Any,
-                 past: Any) -> tuple[Any, Any]:
+    def _forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, past: Any) -> tuple[Any, Any]:
         raise NotImplementedError  # pragma: no cover - every engine class overrides it
 
     # -- the Engine protocol --------------------------------------------------------
@@ -126,8 +126,11 @@ class PaddedKVEngine(SequenceCaches):
             positions[row, n_max - n :] = np.arange(p, p + n)
             mask[row, p_max - p : p_max] = 1
             mask[row, p_max + n_max - n :] = 1
-        past = torch.zeros((info.num_layers, 2, b, info.num_kv_heads, p_max, info.head_dim),
-                           dtype=self._kv_dtype, device=self.device)
+        past = torch.zeros(
+            (info.num_layers, 2, b, info.num_kv_heads, p_max, info.head_dim),
+            dtype=self._kv_dtype,
+            device=self.device,
+        )
         for row, (x, p) in enumerate(zip(group, pasts, strict=True)):
             if p:
                 past[:, :, row, :, p_max - p :] = self._caches[x.seq_id].kv[:, :, :, :p]
@@ -153,8 +156,9 @@ class PaddedKVEngine(SequenceCaches):
         needed = cache.length + n
         if needed > cache.kv.shape[3]:
             capacity = min(max(needed, 2 * cache.kv.shape[3], 16), self.info.max_seq_len)
-            grown = self.torch.empty((*cache.kv.shape[:3], capacity, cache.kv.shape[4]),
-                                     dtype=self._kv_dtype, device=self.device)
+            grown = self.torch.empty(
+                (*cache.kv.shape[:3], capacity, cache.kv.shape[4]), dtype=self._kv_dtype, device=self.device
+            )
             grown[:, :, :, : cache.length] = cache.kv[:, :, :, : cache.length]
             cache.kv = grown
         cache.kv[:, :, :, cache.length : needed] = new.to(self._kv_dtype)

@@ -26,8 +26,8 @@ from typing import Any
 
 from infermeter.core.errors import EngineError, StaleEngine
 from infermeter.core.types import Precision
-from infermeter.runtime.build.profiles import select_profile
-from infermeter.runtime.build.tensorrt_builder import import_tensorrt, recording_logger
+from infermeter.runtime.compile.profiles import select_profile
+from infermeter.runtime.compile.tensorrt_builder import import_tensorrt, recording_logger
 from infermeter.runtime.engine import EngineInfo, ShapeProfile
 from infermeter.runtime.torch_batching import PaddedKVEngine, TimerFactory, import_torch
 
@@ -43,26 +43,42 @@ def torch_dtype(trt: Any, torch: Any, dtype: Any) -> Any:
         trt.DataType.BOOL: torch.bool, trt.DataType.UINT8: torch.uint8,
     }  # fmt: skip
     if dtype not in table:
-        raise EngineError(f"TensorRT I/O dtype {dtype} has no torch equivalent; export the "
-                          "model with float/half/int64 inputs and outputs")
+        raise EngineError(
+            f"TensorRT I/O dtype {dtype} has no torch equivalent; export the "
+            "model with float/half/int64 inputs and outputs"
+        )
     return table[dtype]
 
 
 class TrtEngine(PaddedKVEngine):
     """The Engine protocol over one TensorRT execution context."""
 
-    def __init__(self, info: EngineInfo, timer_factory: TimerFactory, *, trt: Any,
-                 runtime: Any, engine: Any, logger: Any, device: Any, stream: Any) -> None:
+    def __init__(
+        self,
+        info: EngineInfo,
+        timer_factory: TimerFactory,
+        *,
+        trt: Any,
+        runtime: Any,
+        engine: Any,
+        logger: Any,
+        device: Any,
+        stream: Any,
+    ) -> None:
         torch = import_torch()
         self._trt, self._runtime, self._engine, self._logger = trt, runtime, engine, logger
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if n not in self._inputs]
         self._dtypes = {n: torch_dtype(trt, torch, engine.get_tensor_dtype(n)) for n in names}
-        super().__init__(info, timer_factory(stream), device=device,
-                         kv_dtype=self._dtypes["past_key_values.0.key"], stream=stream)
-        self._context = engine.create_execution_context(
-            trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        super().__init__(
+            info,
+            timer_factory(stream),
+            device=device,
+            kv_dtype=self._dtypes["past_key_values.0.key"],
+            stream=stream,
+        )
+        self._context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         size = int(engine.device_memory_size_v2)
         # 256-byte-aligned per-context scratch; torch's allocator aligns to 512 bytes
         self._scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=device)
@@ -97,11 +113,15 @@ class TrtEngine(PaddedKVEngine):
         plan = (Path(engine_dir) / PLAN_FILE).read_bytes()
         engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
-            raise StaleEngine(f"TensorRT {trt.__version__} cannot load the plan of engine "
-                              f"{engine_id}: {'; '.join(logger.errors)}; {rebuild_hint}")
+            raise StaleEngine(
+                f"TensorRT {trt.__version__} cannot load the plan of engine "
+                f"{engine_id}: {'; '.join(logger.errors)}; {rebuild_hint}"
+            )
         if engine.num_optimization_profiles != len(profiles):
-            raise StaleEngine(f"engine {engine_id}'s plan has {engine.num_optimization_profiles} "
-                              f"profiles, its metadata {len(profiles)}; {rebuild_hint}")
+            raise StaleEngine(
+                f"engine {engine_id}'s plan has {engine.num_optimization_profiles} "
+                f"profiles, its metadata {len(profiles)}; {rebuild_hint}"
+            )
         device = torch.device("cuda", device_index)
         info = EngineInfo(
             engine_id=engine_id, model=model, backend="tensorrt", precision=precision,
@@ -113,11 +133,18 @@ class TrtEngine(PaddedKVEngine):
             profiles=tuple(profiles),
             extra={"model_dir": str(engine_dir), "tensorrt_version": str(trt.__version__)},
         )  # fmt: skip
-        return cls(info, timer_factory, trt=trt, runtime=runtime, engine=engine, logger=logger,
-                   device=device, stream=torch.cuda.Stream(device))
+        return cls(
+            info,
+            timer_factory,
+            trt=trt,
+            runtime=runtime,
+            engine=engine,
+            logger=logger,
+            device=device,
+            stream=torch.cuda.Stream(device),
+        )
 
-    def _forward(self, input_ids: Any, attention_mask: Any, position_ids: Any,
-                 past: Any) -> tuple[Any, Any]:
+    def _forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, past: Any) -> tuple[Any, Any]:
         torch, ctx, info = self.torch, self._context, self.info
         b, n = input_ids.shape
         p = int(past.shape[4])
@@ -126,15 +153,16 @@ class TrtEngine(PaddedKVEngine):
             raise EngineError(
                 f"engine {info.engine_id} has no optimization profile for batch {b}, {n} new "
                 f"tokens after {p} cached; profiles: "
-                + ", ".join(f"{q.name} (batch ≤{q.max_batch}, tokens ≤{q.max_tokens}, past "
-                            f"≤{q.max_past})" for q in info.profiles)
+                + ", ".join(
+                    f"{q.name} (batch ≤{q.max_batch}, tokens ≤{q.max_tokens}, past ≤{q.max_past})"
+                    for q in info.profiles
+                )
             )
         handle = self._handle
         if index != self._active:
             ctx.set_optimization_profile_async(index, handle)  # raises on failure
             self._active = index
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
-                 "position_ids": position_ids}
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         for layer in range(info.num_layers):
             feeds[f"past_key_values.{layer}.key"] = past[layer, 0]
             feeds[f"past_key_values.{layer}.value"] = past[layer, 1]
@@ -143,8 +171,10 @@ class TrtEngine(PaddedKVEngine):
             tensor = feeds[name].to(self._dtypes[name]).contiguous()
             keep.append(tensor)
             if not ctx.set_input_shape(name, tuple(tensor.shape)):
-                raise EngineError(f"engine {info.engine_id}: shape {tuple(tensor.shape)} of "
-                                  f"{name} is outside optimization profile {index}")
+                raise EngineError(
+                    f"engine {info.engine_id}: shape {tuple(tensor.shape)} of "
+                    f"{name} is outside optimization profile {index}"
+                )
             ctx.set_tensor_address(name, self._address(tensor))
         outputs = {}
         for name in self._outputs:
@@ -152,8 +182,9 @@ class TrtEngine(PaddedKVEngine):
             outputs[name] = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
             ctx.set_tensor_address(name, self._address(outputs[name]))
         if not ctx.execute_async_v3(handle):
-            raise EngineError(f"engine {info.engine_id}: execute_async_v3 failed: "
-                              f"{'; '.join(self._logger.errors[-3:])}")
+            raise EngineError(
+                f"engine {info.engine_id}: execute_async_v3 failed: {'; '.join(self._logger.errors[-3:])}"
+            )
         new_kv = torch.stack([
             torch.stack([outputs[f"present.{layer}.key"][:, :, p:],
                          outputs[f"present.{layer}.value"][:, :, p:]])

@@ -157,8 +157,15 @@ class Worker:
             token = int(np.argmax(out.logits[seq_id]))
             # participants are kept so the step's shape informs cost estimates; attribution
             # gives a warm-up step's whole time to the unattributed (platform) pool
-            record = StepRecord(self._next_step_id(), engine_id, slot.engine.info.device,
-                                out.device_us, (part,), time.monotonic_ns(), warmup=True)
+            record = StepRecord(
+                self._next_step_id(),
+                engine_id,
+                slot.engine.info.device,
+                out.device_us,
+                (part,),
+                time.monotonic_ns(),
+                warmup=True,
+            )
             records.append(record)
             self._sink.on_step(record, {})
             context = part.context_tokens + part.new_tokens
@@ -199,8 +206,13 @@ class Worker:
                 assert isinstance(arg, GenerationRequest)
                 slot = self._slots[arg.engine_id]
                 try:
-                    slot.scheduler.add(arg.request_id, arg.prompt_ids, max_tokens=arg.max_tokens,
-                                       tier=arg.tier, eos_token_id=slot.engine.info.eos_token_id)
+                    slot.scheduler.add(
+                        arg.request_id,
+                        arg.prompt_ids,
+                        max_tokens=arg.max_tokens,
+                        tier=arg.tier,
+                        eos_token_id=slot.engine.info.eos_token_id,
+                    )
                 except ValueError as exc:  # admission checks this first; never kill the loop
                     if arg.on_finish is not None:
                         arg.on_finish(exc)
@@ -240,8 +252,14 @@ class Worker:
         out = slot.engine.step([SeqInput(i.request_id, i.tokens) for i in plan.items])
         self.steps += 1
         info = slot.engine.info
-        step = StepRecord(self._next_step_id(), info.engine_id, info.device, out.device_us,
-                          tuple(i.participant() for i in plan.items), now)
+        step = StepRecord(
+            self._next_step_id(),
+            info.engine_id,
+            info.device,
+            out.device_us,
+            tuple(i.participant() for i in plan.items),
+            now,
+        )
         per_token = info.kv_bytes_per_token
         kv = {i.request_id: (i.context + len(i.tokens)) * per_token for i in plan.items}
         self._sink.on_step(step, kv)

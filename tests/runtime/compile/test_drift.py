@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from infermeter.runtime.build import decoder_io
-from infermeter.runtime.build.calibration import default_texts
-from infermeter.runtime.build.drift import DRIFT_PROMPTS, measure_drift
-from infermeter.runtime.build.onnx_precision import calibration_feeds, quantize_int8
-from infermeter.runtime.build.testmodel import write_test_model
+from infermeter.runtime.compile import decoder_io
+from infermeter.runtime.compile.drift import DRIFT_PROMPTS, measure_drift
+from infermeter.runtime.compile.onnx_precision import calibration_feeds, quantize_int8
+from infermeter.runtime.compile.quantization_data import default_texts
+from infermeter.runtime.compile.testmodel import write_test_model
 from infermeter.runtime.tokenizer import load_tokenizer
 
 
@@ -18,8 +18,7 @@ def test_a_graph_has_no_drift_against_itself(user_model: Path) -> None:
     """The same graph twice: zero logit difference, every greedy token agrees."""
     info = decoder_io.model_info(user_model)
     tok = load_tokenizer(user_model)
-    report = measure_drift(user_model / "model.onnx", user_model / "model.onnx", info, tok,
-                           new_tokens=4)
+    report = measure_drift(user_model / "model.onnx", user_model / "model.onnx", info, tok, new_tokens=4)
     assert report.max_logit_diff == 0.0 and report.token_agreement == 1.0
     assert report.prompts == len(DRIFT_PROMPTS) and report.positions == 4 * len(DRIFT_PROMPTS)
 
@@ -29,9 +28,11 @@ def test_int8_drift_is_small_and_nonzero(user_model: Path, tmp_path: Path) -> No
     info = decoder_io.model_info(user_model)
     tok = load_tokenizer(user_model)
     int8 = tmp_path / "model.onnx"
-    quantize_int8(user_model / "model.onnx", int8,
-                  calibration_feeds(user_model / "model.onnx", info, tok, default_texts(),
-                                    samples=8))
+    quantize_int8(
+        user_model / "model.onnx",
+        int8,
+        calibration_feeds(user_model / "model.onnx", info, tok, default_texts(), samples=8),
+    )
     report = measure_drift(user_model / "model.onnx", int8, info, tok, new_tokens=8)
     assert 0 < report.max_logit_diff < 1.0
     assert report.token_agreement >= 0.8
@@ -41,8 +42,9 @@ def test_another_model_shows_large_drift(user_model: Path, tmp_path: Path) -> No
     """A graph with other weights disagrees far more: drift measures a real difference."""
     other = write_test_model(tmp_path / "other", seed=99)
     info = decoder_io.model_info(user_model)
-    report = measure_drift(user_model / "model.onnx", other / "model.onnx", info,
-                           load_tokenizer(user_model), new_tokens=8)
+    report = measure_drift(
+        user_model / "model.onnx", other / "model.onnx", info, load_tokenizer(user_model), new_tokens=8
+    )
     assert report.token_agreement < 0.5 and report.max_logit_diff > 0.1
 
 
@@ -50,5 +52,10 @@ def test_prompts_that_tokenize_to_nothing_are_an_error(user_model: Path) -> None
     """Drift needs at least one prompt the tokenizer encodes."""
     info = decoder_io.model_info(user_model)
     with pytest.raises(ValueError, match="no drift prompt"):
-        measure_drift(user_model / "model.onnx", user_model / "model.onnx", info,
-                      load_tokenizer(user_model), prompts=[""])
+        measure_drift(
+            user_model / "model.onnx",
+            user_model / "model.onnx",
+            info,
+            load_tokenizer(user_model),
+            prompts=[""],
+        )

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from infermeter.core.timing import NullTimer
-from infermeter.runtime.build.testmodel import EOS, TEST_MODEL_NAME
+from infermeter.runtime.compile.testmodel import EOS, TEST_MODEL_NAME
 from infermeter.runtime.ort_backend import OrtEngine
 from infermeter.runtime.tokenizer import HFTokenizer, load_tokenizer
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infermeter.runtime.build import decoder_io
-from infermeter.runtime.build.metadata import DriftReport
+from infermeter.runtime.compile import decoder_io
+from infermeter.runtime.compile.metadata import DriftReport
 from infermeter.runtime.engine import EngineInfo, Tokenizer
 
 DRIFT_PROMPTS = (

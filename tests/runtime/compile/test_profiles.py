@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infermeter.runtime.build.profiles import (
+from infermeter.runtime.compile.profiles import (
     decode_buckets,
     is_decode,
     plan_profiles,
@@ -28,10 +28,14 @@ def test_plan_has_prefill_then_ascending_decode_buckets() -> None:
     """The plan is one prefill profile, then one decode profile per bucket, ascending."""
     profiles = plan_profiles(8, 1024)
     assert [p.name for p in profiles] == [
-        "prefill", "decode-past-128", "decode-past-256", "decode-past-512", "decode-past-1023"]
+        "prefill",
+        "decode-past-128",
+        "decode-past-256",
+        "decode-past-512",
+        "decode-past-1023",
+    ]
     prefill, *decode = profiles
-    assert (prefill.max_batch, prefill.opt_batch, prefill.max_tokens, prefill.max_past) == (
-        8, 1, 1024, 1023)
+    assert (prefill.max_batch, prefill.opt_batch, prefill.max_tokens, prefill.max_past) == (8, 1, 1024, 1023)
     assert all(is_decode(p) and p.opt_batch == 8 for p in decode)
     assert not is_decode(prefill)
 
@@ -45,8 +49,7 @@ def test_plan_clips_buckets_and_caps_prefill_chunks() -> None:
 
 @pytest.mark.parametrize(
     ("args", "match"),
-    [((0, 128), "max_batch=0"), ((4, 1), "max_seq_len=1"),
-     ((4, 128, 200), "prefill_tokens=200")],
+    [((0, 128), "max_batch=0"), ((4, 1), "max_seq_len=1"), ((4, 128, 200), "prefill_tokens=200")],
 )
 def test_plan_rejects_impossible_limits(args: tuple[int, ...], match: str) -> None:
     """Zero batch, a one-token context or a chunk beyond the context are refused by name."""
@@ -85,8 +88,10 @@ def test_request_fit_on_default_profiles_is_the_context_rule() -> None:
 
 def test_request_fit_names_the_decode_limit() -> None:
     """Decode buckets that stop short of prompt + max_tokens give the longest admitted past."""
-    short = (ShapeProfile("prefill", 1, 1, 4, 2, 64, 256, 0),  # prompts from an empty past
-             ShapeProfile("decode-past-256", 1, 4, 4, 1, 1, 1, 256))
+    short = (
+        ShapeProfile("prefill", 1, 1, 4, 2, 64, 256, 0),  # prompts from an empty past
+        ShapeProfile("decode-past-256", 1, 4, 4, 1, 1, 1, 256),
+    )
     fit = request_fit(short, 200, 100)
     assert not fit.fits and fit.decode_limit == 256 and fit.prefill_limit is None
     assert request_fit(short, 200, 58).fits  # last decode past: 200 + 58 - 2 = 256
@@ -100,8 +105,10 @@ def test_prefill_profile_also_admits_single_token_steps() -> None:
 
 def test_request_fit_names_the_prefill_limit() -> None:
     """A prompt longer than any prefill profile's chunks after its past is refused."""
-    tight = (ShapeProfile("prefill", 1, 1, 4, 1, 16, 32, 31),
-             ShapeProfile("decode-past-127", 1, 4, 4, 1, 1, 1, 127))
+    tight = (
+        ShapeProfile("prefill", 1, 1, 4, 1, 16, 32, 31),
+        ShapeProfile("decode-past-127", 1, 4, 4, 1, 1, 1, 127),
+    )
     assert request_fit(tight, 63, 2).fits  # chunks of 32: last one after 31 cached
     fit = request_fit(tight, 64, 2)
     assert fit.prefill_limit == 63
@@ -119,8 +126,7 @@ def test_attention_mask_is_past_plus_new_at_every_corner(index: int, corner: int
     """TensorRT's shared-dimension rule: mask length = past + new tokens, batch everywhere."""
     profile = plan_profiles(8, 1024)[index]
     ranges = tensor_ranges(profile, num_layers=2, num_kv_heads=4, head_dim=32)
-    ids, mask, past = (ranges[n][corner] for n in (
-        "input_ids", "attention_mask", "past_key_values.1.value"))
+    ids, mask, past = (ranges[n][corner] for n in ("input_ids", "attention_mask", "past_key_values.1.value"))
     assert mask == (ids[0], past[2] + ids[1])
     assert past[0] == ids[0] and (past[1], past[3]) == (4, 32)
     assert ranges["position_ids"][corner] == ids
@@ -129,11 +135,11 @@ def test_attention_mask_is_past_plus_new_at_every_corner(index: int, corner: int
 def test_tensor_ranges_span_each_profile() -> None:
     """Min/opt/max follow the profile: decode tuned at its bucket top, prefill at no past."""
     prefill, decode = plan_profiles(8, 1024)[:2]
-    low, opt, high = tensor_ranges(decode, num_layers=1, num_kv_heads=2, head_dim=8,
-                                   position_ids=False)["past_key_values.0.key"]
+    low, opt, high = tensor_ranges(decode, num_layers=1, num_kv_heads=2, head_dim=8, position_ids=False)[
+        "past_key_values.0.key"
+    ]
     assert (low, opt, high) == ((1, 2, 0, 8), (8, 2, 128, 8), (8, 2, 128, 8))
     ranges = tensor_ranges(prefill, num_layers=1, num_kv_heads=2, head_dim=8, position_ids=False)
     assert "position_ids" not in ranges
     assert ranges["input_ids"] == ((1, 1), (1, 128), (8, 1024))
-    assert set(ranges) == {"input_ids", "attention_mask", "past_key_values.0.key",
-                           "past_key_values.0.value"}
+    assert set(ranges) == {"input_ids", "attention_mask", "past_key_values.0.key", "past_key_values.0.value"}

@@ -11,13 +11,13 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from infermeter.runtime.build import decoder_io
-from infermeter.runtime.build.calibration import default_texts, read_texts, texts_sha256
-from infermeter.runtime.build.onnx_precision import (
+from infermeter.runtime.compile import decoder_io
+from infermeter.runtime.compile.onnx_precision import (
     calibration_feeds,
     convert_fp16,
     quantize_int8,
 )
+from infermeter.runtime.compile.quantization_data import default_texts, read_texts, texts_sha256
 from infermeter.runtime.engine import EngineInfo
 from infermeter.runtime.tokenizer import load_tokenizer
 
@@ -39,16 +39,19 @@ def fp16(user_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def int8(user_model: Path, info: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("int8") / "model.onnx"
-    feeds = calibration_feeds(user_model / "model.onnx", info, load_tokenizer(user_model),
-                              default_texts(), samples=8)
+    feeds = calibration_feeds(
+        user_model / "model.onnx", info, load_tokenizer(user_model), default_texts(), samples=8
+    )
     quantize_int8(user_model / "model.onnx", out, feeds)
     return out
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, int]:
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
     types |= {i.name: i.data_type for i in inferred.graph.initializer}
     return types
 
@@ -65,8 +68,9 @@ def test_fp16_keeps_layernorm_and_softmax_in_fp32(fp16: Path) -> None:
     assert sensitive
     assert all(types[n.input[0]] == TensorProto.FLOAT for n in sensitive)
     weights = {i.name: i for i in model.graph.initializer}
-    matmul_weights = [weights[n.input[1]] for n in model.graph.node
-                      if n.op_type == "MatMul" and n.input[1] in weights]
+    matmul_weights = [
+        weights[n.input[1]] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights
+    ]
     assert matmul_weights and all(w.data_type == TensorProto.FLOAT16 for w in matmul_weights)
 
 
@@ -92,8 +96,7 @@ def test_int8_quantizes_exactly_the_weight_matmuls(user_model: Path, int8: Path)
     source = onnx.load(str(user_model / "model.onnx"))
     weights = {i.name for i in source.graph.initializer}
     source_ops = Counter(n.op_type for n in source.graph.node)
-    n_weight_matmuls = sum(1 for n in source.graph.node
-                           if n.op_type == "MatMul" and n.input[1] in weights)
+    n_weight_matmuls = sum(1 for n in source.graph.node if n.op_type == "MatMul" and n.input[1] in weights)
     model = onnx.load(str(int8))
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
@@ -132,8 +135,7 @@ def test_int8_graph_runs_and_tracks_fp32(user_model: Path, int8: Path, info: Eng
 def test_calibration_feeds_cover_prefill_and_decode(user_model: Path, info: EngineInfo) -> None:
     """Each text gives a prefill feed (empty past) and a one-token decode feed after a past."""
     tok = load_tokenizer(user_model)
-    feeds = calibration_feeds(user_model / "model.onnx", info, tok, [PROMPT, "x", PROMPT * 9],
-                              max_tokens=16)
+    feeds = calibration_feeds(user_model / "model.onnx", info, tok, [PROMPT, "x", PROMPT * 9], max_tokens=16)
     assert len(feeds) == 4  # "x" is one token: too short to calibrate anything
     prefill, decode = feeds[0], feeds[1]
     n = prefill["input_ids"].shape[1]

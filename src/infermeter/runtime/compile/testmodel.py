@@ -59,18 +59,27 @@ def write_test_model(
     tok = train_tokenizer()
     vocab = int(tok.get_vocab_size())
     eos = int(tok.token_to_id(EOS))
-    config = DecoderConfig(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_inner=64,
-                           n_positions=n_positions, eos_token_id=eos)
+    config = DecoderConfig(
+        vocab_size=vocab,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_inner=64,
+        n_positions=n_positions,
+        eos_token_id=eos,
+    )
     model = build_decoder_onnx(random_weights(config, seed=seed, std=0.1), config)
     (dest / "model.onnx").write_bytes(model.SerializeToString())
     tok.save(str(dest / "tokenizer.json"))
     hf = config.hf_config(name=name, weights="random")
     hf["tokenizer_class"] = "PreTrainedTokenizerFast"
     (dest / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
-    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS,
-                  "model_max_length": n_positions}
-    (dest / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n",
-                                                encoding="utf-8")
+    tok_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": EOS,
+        "model_max_length": n_positions,
+    }
+    (dest / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n", encoding="utf-8")
     return dest
 
 

@@ -175,9 +175,7 @@ class EngineRecord:
         """Inverse of ``to_json``; ValueError naming the field when the record is malformed."""
         schema = data.get("schema")
         if schema != SCHEMA_VERSION:
-            raise ValueError(
-                f"engine metadata schema {schema!r} is not {SCHEMA_VERSION}; rebuild the engine"
-            )
+            raise ValueError(f"engine metadata schema {schema!r} is not {SCHEMA_VERSION}; rebuild the engine")
         try:
             drift = data.get("drift")
             return cls(

@@ -27,12 +27,12 @@ from typing import Any
 
 from infermeter.core.errors import ConfigError
 from infermeter.core.types import Precision
-from infermeter.runtime.build import calibration, onnx_precision
-from infermeter.runtime.build.decoder_io import model_info
-from infermeter.runtime.build.drift import measure_drift
-from infermeter.runtime.build.metadata import BuildArgs, DriftReport, EngineRecord, engine_id_for
-from infermeter.runtime.build.profiles import plan_profiles
 from infermeter.runtime.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
+from infermeter.runtime.compile import onnx_precision, quantization_data
+from infermeter.runtime.compile.decoder_io import model_info
+from infermeter.runtime.compile.drift import measure_drift
+from infermeter.runtime.compile.metadata import BuildArgs, DriftReport, EngineRecord, engine_id_for
+from infermeter.runtime.compile.profiles import plan_profiles
 from infermeter.runtime.engine import EngineInfo, ShapeProfile
 from infermeter.runtime.engine_store import EngineStore, RuntimeEnv, file_sha256, onnxruntime_env
 from infermeter.runtime.tokenizer import load_tokenizer
@@ -44,8 +44,15 @@ BACKEND_PRECISIONS: dict[str, tuple[Precision, ...]] = {
     "tensorrt": (Precision.FP32, Precision.FP16, Precision.INT8),
     "torch": (Precision.FP32, Precision.FP16, Precision.BF16),
 }
-SERVING_FILES = ("config.json", "generation_config.json", "tokenizer.json",
-                 "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt")
+SERVING_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +80,10 @@ def resolve_source(spec: str, models_dir: Path, name: str | None = None) -> Mode
             "file; give a directory exported by Optimum (model.onnx, config.json, tokenizer.json)"
         )
     if not onnx_path.is_file():
-        raise ConfigError(f"model directory {model_dir} has no model.onnx; export it with "
-                          "`optimum-cli export onnx --task text-generation-with-past`")
+        raise ConfigError(
+            f"model directory {model_dir} has no model.onnx; export it with "
+            "`optimum-cli export onnx --task text-generation-with-past`"
+        )
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"model directory {model_dir} has no config.json; add the model's config")
     return ModelSource(model_dir.resolve(), onnx_path.resolve(), name or _config_name(model_dir))
@@ -111,20 +120,23 @@ def build_engine(
     say = progress or (lambda _what, _done: None)
     allowed = BACKEND_PRECISIONS.get(args.backend)
     if allowed is None:
-        raise ConfigError(f"backend {args.backend!r} is unknown; use one of "
-                          f"{', '.join(BACKEND_PRECISIONS)}")
+        raise ConfigError(f"backend {args.backend!r} is unknown; use one of {', '.join(BACKEND_PRECISIONS)}")
     if args.precision not in allowed:
-        raise ConfigError(f"backend {args.backend} builds {', '.join(p.value for p in allowed)}, "
-                          f"not {args.precision.value}")
+        raise ConfigError(
+            f"backend {args.backend} builds {', '.join(p.value for p in allowed)}, not {args.precision.value}"
+        )
     started = time.perf_counter()
     say("reading the model", 0.02)
     source = resolve_source(args.source, models_dir, args.model_name)
     info = model_info(source.model_dir, source.onnx_path.name)
     if args.max_seq_len > info.max_seq_len:
-        raise ConfigError(f"--max-seq-len {args.max_seq_len} exceeds the context of "
-                          f"{source.name} ({info.max_seq_len} positions); give at most that")
-    profiles = plan_profiles(args.max_batch, args.max_seq_len, prefill_tokens=args.prefill_tokens,
-                             buckets=args.decode_buckets)
+        raise ConfigError(
+            f"--max-seq-len {args.max_seq_len} exceeds the context of "
+            f"{source.name} ({info.max_seq_len} positions); give at most that"
+        )
+    profiles = plan_profiles(
+        args.max_batch, args.max_seq_len, prefill_tokens=args.prefill_tokens, buckets=args.decode_buckets
+    )
     env = _environment(args.backend, device)
     staging = store.staging()
     try:
@@ -135,8 +147,7 @@ def build_engine(
         work.mkdir()
         graph, recipe, drift = _precision_graph(args, source, info, work, say)
         say(f"making the {args.backend} artifact", 0.75)
-        artifact, options = _artifact(args, source, info, graph, staging, profiles, device,
-                                      store.root, say)
+        artifact, options = _artifact(args, source, info, graph, staging, profiles, device, store.root, say)
         shutil.rmtree(work)
         options |= recipe
         options["dims"] = _dims(info, args.precision)
@@ -164,7 +175,7 @@ def build_engine(
 
 def _environment(backend: str, device: str) -> RuntimeEnv:
     if backend == "tensorrt":
-        from infermeter.runtime.build.tensorrt_builder import tensorrt_env
+        from infermeter.runtime.compile.tensorrt_builder import tensorrt_env
 
         return tensorrt_env()
     if backend == "torch":
@@ -185,23 +196,30 @@ def _precision_graph(
         say("converting to FP16 (LayerNorm, Softmax, reductions kept in FP32)", 0.2)
         return out, onnx_precision.convert_fp16(source.onnx_path, out), None
     if args.calibration is None:
-        texts, origin = calibration.default_texts(), "infermeter module docstrings"
+        texts, origin = quantization_data.default_texts(), "infermeter module docstrings"
     else:
-        texts, origin = calibration.read_texts(Path(args.calibration)), args.calibration
+        texts, origin = quantization_data.read_texts(Path(args.calibration)), args.calibration
     tokenizer = load_tokenizer(source.model_dir)
     say(f"calibrating on {origin}", 0.15)
     feeds = onnx_precision.calibration_feeds(source.onnx_path, info, tokenizer, texts)
     say("quantizing to INT8 (Q/DQ)", 0.35)
     recipe = onnx_precision.quantize_int8(source.onnx_path, out, feeds)
-    recipe["calibration"] = {"source": origin, "sha256": calibration.texts_sha256(texts)}
+    recipe["calibration"] = {"source": origin, "sha256": quantization_data.texts_sha256(texts)}
     say("measuring INT8 drift against FP32", 0.55)
     drift = measure_drift(source.onnx_path, out, info, tokenizer)
     return out, recipe, drift
 
 
 def _artifact(
-    args: BuildArgs, source: ModelSource, info: EngineInfo, graph: Path, staging: Path,
-    profiles: tuple[ShapeProfile, ...], device: str, store_root: Path, say: Progress,
+    args: BuildArgs,
+    source: ModelSource,
+    info: EngineInfo,
+    graph: Path,
+    staging: Path,
+    profiles: tuple[ShapeProfile, ...],
+    device: str,
+    store_root: Path,
+    say: Progress,
 ) -> tuple[str, dict[str, Any]]:
     """Write the backend's artifact into ``staging``; returns its file name and options."""
     if args.backend == "torch":
@@ -213,17 +231,21 @@ def _artifact(
         )
 
         config = decoder_config(_read_config(source.model_dir))
-        save_weights(weights_from_onnx(source.onnx_path, config), staging / WEIGHTS_FILE,
-                     args.precision)
+        save_weights(weights_from_onnx(source.onnx_path, config), staging / WEIGHTS_FILE, args.precision)
         return WEIGHTS_FILE, {"device": device}
     if args.backend == "tensorrt":
-        from infermeter.runtime.build import tensorrt_builder
+        from infermeter.runtime.compile import tensorrt_builder
         from infermeter.runtime.trt_backend import PLAN_FILE
 
         cache = store_root / tensorrt_builder.TIMING_CACHE_FILE
-        options = tensorrt_builder.build_plan(graph, staging / PLAN_FILE, profiles, info,
-                                              timing_cache=cache,
-                                              progress=lambda what: say(what, 0.8))
+        options = tensorrt_builder.build_plan(
+            graph,
+            staging / PLAN_FILE,
+            profiles,
+            info,
+            timing_cache=cache,
+            progress=lambda what: say(what, 0.8),
+        )
         return PLAN_FILE, options
     externals = onnx_precision.external_data_files(graph)
     if graph == source.onnx_path:
@@ -243,10 +265,15 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
 
 def _dims(info: EngineInfo, precision: Precision) -> dict[str, Any]:
     kv_bytes = 2 if precision in (Precision.FP16, Precision.BF16) else 4
-    return {"num_layers": info.num_layers, "num_kv_heads": info.num_kv_heads,
-            "head_dim": info.head_dim, "vocab_size": info.vocab_size,
-            "eos_token_id": info.eos_token_id, "max_positions": info.max_seq_len,
-            "kv_bytes_per_element": kv_bytes}
+    return {
+        "num_layers": info.num_layers,
+        "num_kv_heads": info.num_kv_heads,
+        "head_dim": info.head_dim,
+        "vocab_size": info.vocab_size,
+        "eos_token_id": info.eos_token_id,
+        "max_positions": info.max_seq_len,
+        "kv_bytes_per_element": kv_bytes,
+    }
 
 
 def _versions(backend: str) -> dict[str, str]:
@@ -255,10 +282,13 @@ def _versions(backend: str) -> dict[str, str]:
 
     import infermeter
 
-    versions = {"infermeter": infermeter.__version__, "onnx": onnx.__version__,
-                "onnxruntime": str(ort.__version__)}
+    versions = {
+        "infermeter": infermeter.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": str(ort.__version__),
+    }
     if backend == "tensorrt":
-        from infermeter.runtime.build.tensorrt_builder import import_tensorrt
+        from infermeter.runtime.compile.tensorrt_builder import import_tensorrt
 
         versions["tensorrt"] = str(import_tensorrt().__version__)
     if backend == "torch":

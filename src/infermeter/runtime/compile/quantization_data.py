@@ -48,7 +48,7 @@ def read_texts(path: Path) -> list[str]:
                 texts.append(str(json.loads(line)["text"]))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ValueError(
-                    f"calibration file {path} line {n} is not a JSON object with a \"text\" "
+                    f'calibration file {path} line {n} is not a JSON object with a "text" '
                     "field; fix the line or use a plain text file"
                 ) from exc
     else:

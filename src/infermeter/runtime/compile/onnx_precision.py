@@ -29,8 +29,8 @@ from typing import Any
 
 import onnx
 
-from infermeter.runtime.build import decoder_io
-from infermeter.runtime.build.decoder_io import Feeds
+from infermeter.runtime.compile import decoder_io
+from infermeter.runtime.compile.decoder_io import Feeds
 from infermeter.runtime.engine import EngineInfo, Tokenizer
 
 FP32_OPS = (
@@ -52,11 +52,9 @@ def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
     model = onnx.load(str(src))
     blocked = sorted(set(FP32_OPS) | set(DEFAULT_OP_BLOCK_LIST))
     with _quiet():
-        converted = convert_float_to_float16(model, keep_io_types=["logits"],
-                                             op_block_list=blocked)
+        converted = convert_float_to_float16(model, keep_io_types=["logits"], op_block_list=blocked)
     save_model(converted, dst)
-    return {"recipe": "onnxruntime.transformers.float16", "fp32_ops": list(FP32_OPS),
-            "io_fp32": ["logits"]}
+    return {"recipe": "onnxruntime.transformers.float16", "fp32_ops": list(FP32_OPS), "io_fp32": ["logits"]}
 
 
 def quantize_int8(src: Path, dst: Path, calibration: Iterable[Feeds]) -> dict[str, Any]:
@@ -109,9 +107,14 @@ def quantize_int8(src: Path, dst: Path, calibration: Iterable[Feeds]) -> dict[st
             temp.unlink(missing_ok=True)
         for leftover in dst.parent.glob("*augmented_model*.onnx"):
             leftover.unlink(missing_ok=True)
-    return {"recipe": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-            "activations": "int8 symmetric (MinMax)", "weights": "int8 symmetric per-channel",
-            "quantized_nodes": len(nodes), "calibration_samples": len(samples)}
+    return {
+        "recipe": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "activations": "int8 symmetric (MinMax)",
+        "weights": "int8 symmetric per-channel",
+        "quantized_nodes": len(nodes),
+        "calibration_samples": len(samples),
+    }
 
 
 def calibration_feeds(
@@ -142,8 +145,13 @@ def calibration_feeds(
 def save_model(model: onnx.ModelProto, dst: Path) -> None:
     """Save, with weights in ``<dst>.data`` when the graph is too large for one protobuf."""
     external = model.ByteSize() > _EXTERNAL_THRESHOLD
-    onnx.save(model, str(dst), save_as_external_data=external, all_tensors_to_one_file=True,
-              location=dst.name + ".data")
+    onnx.save(
+        model,
+        str(dst),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=dst.name + ".data",
+    )
 
 
 def external_data_files(path: Path) -> list[str]:

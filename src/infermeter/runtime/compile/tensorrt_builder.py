@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from infermeter.core.errors import ConfigError, EngineError
-from infermeter.runtime.build.profiles import tensor_ranges
+from infermeter.runtime.compile.profiles import tensor_ranges
 from infermeter.runtime.engine import EngineInfo, ShapeProfile
 from infermeter.runtime.engine_store import RuntimeEnv
 
@@ -61,12 +61,19 @@ def tensorrt_env(device_index: int = 0) -> RuntimeEnv:
 
     torch = import_torch()
     if not torch.cuda.is_available():
-        raise ConfigError("TensorRT engines need a CUDA device, and none is visible; "
-                          "use --backend onnxruntime on this machine")
+        raise ConfigError(
+            "TensorRT engines need a CUDA device, and none is visible; "
+            "use --backend onnxruntime on this machine"
+        )
     major, minor = torch.cuda.get_device_capability(device_index)
-    return RuntimeEnv("tensorrt", str(trt.__version__), "cuda",
-                      torch.cuda.get_device_name(device_index), f"{major}.{minor}",
-                      portable=False)
+    return RuntimeEnv(
+        "tensorrt",
+        str(trt.__version__),
+        "cuda",
+        torch.cuda.get_device_name(device_index),
+        f"{major}.{minor}",
+        portable=False,
+    )
 
 
 def recording_logger(trt: Any) -> Any:
@@ -120,9 +127,13 @@ def build_plan(
     cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
     config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
     for shape_profile in profiles:
-        ranges = tensor_ranges(shape_profile, num_layers=info.num_layers,
-                               num_kv_heads=info.num_kv_heads, head_dim=info.head_dim,
-                               position_ids="position_ids" in inputs)
+        ranges = tensor_ranges(
+            shape_profile,
+            num_layers=info.num_layers,
+            num_kv_heads=info.num_kv_heads,
+            head_dim=info.head_dim,
+            position_ids="position_ids" in inputs,
+        )
         missing = [name for name in inputs if name not in ranges]
         if missing:
             raise EngineError(
@@ -141,9 +152,12 @@ def build_plan(
     plan_path.write_bytes(memoryview(plan))
     if timing_cache is not None:
         timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
-    return {"workspace_bytes": workspace_bytes, "strongly_typed": True,
-            "optimization_profiles": len(profiles),
-            "timing_cache": None if timing_cache is None else str(timing_cache)}
+    return {
+        "workspace_bytes": workspace_bytes,
+        "strongly_typed": True,
+        "optimization_profiles": len(profiles),
+        "timing_cache": None if timing_cache is None else str(timing_cache),
+    }
 
 
 __all__ = [

@@ -25,8 +25,7 @@ Feeds = dict[str, npt.NDArray[Any]]
 
 def model_info(model_dir: Path, model_file: str = "model.onnx") -> EngineInfo:
     """The decoder's dimensions as ``OrtEngine`` reads them (validates the graph's inputs)."""
-    engine = OrtEngine.load(model_dir, timer=NullTimer(), model_file=model_file,
-                            intra_op_threads=1)
+    engine = OrtEngine.load(model_dir, timer=NullTimer(), model_file=model_file, intra_op_threads=1)
     try:
         return engine.info
     finally:

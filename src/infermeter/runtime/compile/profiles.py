@@ -70,12 +70,8 @@ def plan_profiles(
     bounds = sorted({min(b, max_seq_len - 1) for b in (buckets or decode_buckets(max_seq_len))})
     if not bounds or bounds[0] < 1:
         raise ValueError(f"decode buckets {list(buckets or [])} must be positive past lengths")
-    prefill = ShapeProfile(
-        PREFILL, 1, 1, max_batch, 1, min(128, chunk), chunk, max_seq_len - 1
-    )
-    decode = tuple(
-        ShapeProfile(f"{DECODE_PREFIX}{b}", 1, max_batch, max_batch, 1, 1, 1, b) for b in bounds
-    )
+    prefill = ShapeProfile(PREFILL, 1, 1, max_batch, 1, min(128, chunk), chunk, max_seq_len - 1)
+    decode = tuple(ShapeProfile(f"{DECODE_PREFIX}{b}", 1, max_batch, max_batch, 1, 1, 1, b) for b in bounds)
     return (prefill, *decode)
 
 
@@ -84,9 +80,7 @@ def is_decode(profile: ShapeProfile) -> bool:
     return profile.max_tokens == 1
 
 
-def select_profile(
-    profiles: Sequence[ShapeProfile], batch: int, tokens: int, past: int
-) -> int | None:
+def select_profile(profiles: Sequence[ShapeProfile], batch: int, tokens: int, past: int) -> int | None:
     """Index of the smallest profile admitting the step shape, or None if none does.
 
     Smallest = fewest new tokens, then shortest past, then smallest batch: a one-token step
@@ -94,9 +88,7 @@ def select_profile(
     """
     best: int | None = None
     for i, p in enumerate(profiles):
-        if p.admits(batch, tokens, past) and (
-            best is None or _size(p) < _size(profiles[best])
-        ):
+        if p.admits(batch, tokens, past) and (best is None or _size(p) < _size(profiles[best])):
             best = i
     return best
 
@@ -117,9 +109,7 @@ class RequestFit:
         return self.prefill_limit is None and self.decode_limit is None
 
 
-def request_fit(
-    profiles: Sequence[ShapeProfile], prompt_tokens: int, max_tokens: int
-) -> RequestFit:
+def request_fit(profiles: Sequence[ShapeProfile], prompt_tokens: int, max_tokens: int) -> RequestFit:
     """Whether a single sequence can run start to end on ``profiles``.
 
     Prefill: the prompt is fed in chunks of at most a profile's ``max_tokens``, the last one
@@ -133,9 +123,7 @@ def request_fit(
     prefill_ok = any(_prefill_admits(p, prompt_tokens) for p in profiles)
     prefill_limit = None
     if not prefill_ok:
-        prefill_limit = max(
-            (p.max_past + p.max_tokens for p in profiles if p.max_tokens > 1), default=1
-        )
+        prefill_limit = max((p.max_past + p.max_tokens for p in profiles if p.max_tokens > 1), default=1)
     decode_limit = None
     if max_tokens >= 2:
         past = prompt_tokens + max_tokens - 2

@@ -13,9 +13,9 @@ import pytest
 
 from infermeter.core.errors import ConfigError
 from infermeter.core.types import Precision
-from infermeter.runtime.build.builder import build_engine, resolve_source, source_spec
-from infermeter.runtime.build.metadata import BuildArgs, EngineRecord
 from infermeter.runtime.builtin_model import BUILTIN_MODEL_NAME
+from infermeter.runtime.compile.builder import build_engine, resolve_source, source_spec
+from infermeter.runtime.compile.metadata import BuildArgs, EngineRecord
 from infermeter.runtime.engine_store import EngineStore, file_sha256, onnxruntime_env
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -28,8 +28,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineStore]:
     s.close()
 
 
-def build(store: EngineStore, source: Path | str, precision: Precision,
-          backend: str = "onnxruntime", ctx: int = 128, **kw: Any) -> EngineRecord:
+def build(
+    store: EngineStore,
+    source: Path | str,
+    precision: Precision,
+    backend: str = "onnxruntime",
+    ctx: int = 128,
+    **kw: Any,
+) -> EngineRecord:
     args = BuildArgs(source_spec(str(source)), backend, precision, 4, ctx, **kw)
     return build_engine(args, store, models_dir=store.home / "models")
 
@@ -51,15 +57,15 @@ def test_fp32_engine_is_the_source_graph_with_its_serving_files(
     path = store.check(fp32, onnxruntime_env())
     assert (path / "model.onnx").read_bytes() == (user_model / "model.onnx").read_bytes()
     assert {"config.json", "tokenizer.json", "tokenizer_config.json", "metadata.json"} <= {
-        p.name for p in path.iterdir()}
+        p.name for p in path.iterdir()
+    }
     assert fp32.sha256 == fp32.source_sha256 == file_sha256([path / "model.onnx"])
     assert fp32.drift is None
 
 
 def test_record_carries_the_build_facts(fp32: EngineRecord) -> None:
     """Model, limits, profiles, versions, device and timing are all recorded."""
-    assert (fp32.model, fp32.backend, fp32.precision) == ("tiny-user", "onnxruntime",
-                                                          Precision.FP32)
+    assert (fp32.model, fp32.backend, fp32.precision) == ("tiny-user", "onnxruntime", Precision.FP32)
     assert (fp32.max_batch, fp32.max_seq_len) == (4, 128)
     assert [p.name for p in fp32.profiles] == ["prefill", "decode-past-127"]
     assert fp32.runtime == "onnxruntime" and fp32.runtime_version == ort.__version__
@@ -83,16 +89,18 @@ def test_int8_engine_is_quantized_with_its_drift_stored(
     assert {r.engine_id for r in store.list("tiny-user")} >= {int8.engine_id, fp32.engine_id}
 
 
-def test_an_identical_rebuild_is_the_same_engine(store: EngineStore, user_model: Path,
-                                                 int8: EngineRecord) -> None:
+def test_an_identical_rebuild_is_the_same_engine(
+    store: EngineStore, user_model: Path, int8: EngineRecord
+) -> None:
     """Builds are deterministic: same inputs, same sha256, one index row."""
     again = build(store, user_model, Precision.INT8)
     assert again.sha256 == int8.sha256
     assert sum(r.sha256 == int8.sha256 for r in store.list()) == 1
 
 
-def test_a_user_calibration_file_is_used_and_recorded(store: EngineStore, user_model: Path,
-                                                      tmp_path: Path) -> None:
+def test_a_user_calibration_file_is_used_and_recorded(
+    store: EngineStore, user_model: Path, tmp_path: Path
+) -> None:
     """--calibration changes the calibration set, and the record names it."""
     cal = tmp_path / "cal.txt"
     cal.write_text("Tenants pay for flex requests.\n\nThe quick brown fox jumps.\n")
@@ -118,9 +126,11 @@ def test_the_builtin_model_builds_by_name(store: EngineStore) -> None:
 
 @pytest.mark.parametrize(
     ("backend", "precision", "match"),
-    [("torch", Precision.INT8, "torch builds fp32, fp16, bf16"),
-     ("onnxruntime", Precision.BF16, "onnxruntime builds fp32, fp16, int8"),
-     ("vllm", Precision.FP32, "backend 'vllm' is unknown")],
+    [
+        ("torch", Precision.INT8, "torch builds fp32, fp16, bf16"),
+        ("onnxruntime", Precision.BF16, "onnxruntime builds fp32, fp16, int8"),
+        ("vllm", Precision.FP32, "backend 'vllm' is unknown"),
+    ],
 )
 def test_unsupported_backend_and_precision_pairs_are_refused(
     store: EngineStore, user_model: Path, backend: str, precision: Precision, match: str
@@ -130,8 +140,7 @@ def test_unsupported_backend_and_precision_pairs_are_refused(
         build(store, user_model, precision, backend)
 
 
-def test_limits_beyond_the_model_and_bad_sources_are_refused(store: EngineStore,
-                                                             user_model: Path) -> None:
+def test_limits_beyond_the_model_and_bad_sources_are_refused(store: EngineStore, user_model: Path) -> None:
     """A context longer than the model's, or a path that is no model, is a ConfigError."""
     with pytest.raises(ConfigError, match="exceeds the context of tiny-user"):
         build(store, user_model, Precision.FP32, ctx=4096)
@@ -156,10 +165,8 @@ def test_an_onnx_file_source_uses_its_directory(store: EngineStore, user_model: 
     assert source.model_dir == user_model.resolve() and source.name == "tiny-user"
 
 
-@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (pip install "
-                                          "'infermeter[torch]')")
-def test_torch_engines_store_weights_in_their_precision(store: EngineStore,
-                                                        user_model: Path) -> None:
+@pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed (pip install 'infermeter[torch]')")
+def test_torch_engines_store_weights_in_their_precision(store: EngineStore, user_model: Path) -> None:
     """torch: weights.npz per precision, deterministic bytes, distinct shas."""
     fp16 = build(store, user_model, Precision.FP16, "torch")
     bf16 = build(store, user_model, Precision.BF16, "torch")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from infermeter.runtime.build.testmodel import write_test_model
+from infermeter.runtime.compile.testmodel import write_test_model
 
 
 @pytest.fixture(scope="session")

@@ -63,10 +63,19 @@ def _run_batch(service: Any, prompts: list[list[int]], max_tokens: int, engine_i
 
     start = time.perf_counter()
     for ids in prompts:
-        service.worker.submit(GenerationRequest(
-            request_id=request_id(), tenant_id="bench", model="tiny-gpt", engine_id=engine_id,
-            tier=ServiceTier.DEFAULT, prompt_ids=ids, max_tokens=max_tokens,
-            sampling=SamplingParams(temperature=0.0), on_finish=finished))
+        service.worker.submit(
+            GenerationRequest(
+                request_id=request_id(),
+                tenant_id="bench",
+                model="tiny-gpt",
+                engine_id=engine_id,
+                tier=ServiceTier.DEFAULT,
+                prompt_ids=ids,
+                max_tokens=max_tokens,
+                sampling=SamplingParams(temperature=0.0),
+                on_finish=finished,
+            )
+        )
     for _ in prompts:
         done.acquire()
     return tokens, time.perf_counter() - start
@@ -84,8 +93,9 @@ def bench_metering(home: Path, rounds: int, requests: int, max_tokens: int) -> d
         info = service.engine_infos()[0]
         engine = service._engines[0].engine
         tok = service._engines[0].tokenizer
-        prompts = [tok.encode(f"Request {i}: " + "tell me about the ledger. " * (1 + i % 4))
-                   for i in range(requests)]
+        prompts = [
+            tok.encode(f"Request {i}: " + "tell me about the ledger. " * (1 + i % 4)) for i in range(requests)
+        ]
         on: list[float] = []
         off: list[float] = []
         for _ in range(rounds):
@@ -98,9 +108,15 @@ def bench_metering(home: Path, rounds: int, requests: int, max_tokens: int) -> d
     finally:
         service.stop()
     ratio = statistics.median(a / b for a, b in zip(on, off, strict=True))
-    return {"tokens_per_s_on": statistics.median(on), "tokens_per_s_off": statistics.median(off),
-            "ratio_on_off": ratio, "rounds": rounds, "requests": requests, "max_tokens": max_tokens,
-            "engine": info.engine_id}
+    return {
+        "tokens_per_s_on": statistics.median(on),
+        "tokens_per_s_off": statistics.median(off),
+        "ratio_on_off": ratio,
+        "rounds": rounds,
+        "requests": requests,
+        "max_tokens": max_tokens,
+        "engine": info.engine_id,
+    }
 
 
 def bench_ledger(home: Path, n: int) -> dict[str, Any]:
@@ -135,9 +151,24 @@ def bench_gateway(home: Path, n: int) -> dict[str, Any]:
         _, secret = store.create_key(tenant.tenant_id)
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "infermeter.cli.main", "--home", str(home), "serve", "--port", str(port),
-         "--no-int8", "--threads", "1", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "infermeter.cli.main",
+            "--home",
+            str(home),
+            "serve",
+            "--port",
+            str(port),
+            "--no-int8",
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     prompt = "Hello there"
     body = {"model": "tiny-gpt", "prompt": prompt, "max_tokens": 1, "temperature": 0}
@@ -184,10 +215,14 @@ def bench_gateway(home: Path, n: int) -> dict[str, Any]:
         server.wait(30)
     p50_direct = statistics.median(direct) * 1000
     p50_gateway = statistics.median(gateway) * 1000
-    return {"p50_direct_ms": p50_direct, "p50_gateway_ms": p50_gateway,
-            "added_p50_ms": p50_gateway - p50_direct, "n": n,
-            "p50_http_floor_ms": statistics.median(floor) * 1000,
-            "p90_gateway_ms": statistics.quantiles(gateway, n=10)[-1] * 1000}
+    return {
+        "p50_direct_ms": p50_direct,
+        "p50_gateway_ms": p50_gateway,
+        "added_p50_ms": p50_gateway - p50_direct,
+        "n": n,
+        "p50_http_floor_ms": statistics.median(floor) * 1000,
+        "p90_gateway_ms": statistics.quantiles(gateway, n=10)[-1] * 1000,
+    }
 
 
 def bench_accuracy(home: Path, quick: bool) -> dict[str, Any]:
@@ -219,15 +254,27 @@ def bench_accuracy(home: Path, quick: bool) -> dict[str, Any]:
         steps = acc.batched_steps(runner, specs, stagger=1, runs=repeats)
     finally:
         engine.close()
-    reports = {"before": acc.evaluate(steps, solo, TOKEN_PROPORTIONAL),
-               "after": acc.evaluate(steps, solo, fitted)}
-    out: dict[str, Any] = {"engine": engine.info.engine_id, "requests": len(specs),
-                           "repeats": repeats, "fit_mape_percent": str(mape)}
+    reports = {
+        "before": acc.evaluate(steps, solo, TOKEN_PROPORTIONAL),
+        "after": acc.evaluate(steps, solo, fitted),
+    }
+    out: dict[str, Any] = {
+        "engine": engine.info.engine_id,
+        "requests": len(specs),
+        "repeats": repeats,
+        "fit_mape_percent": str(mape),
+    }
     for name, rep in reports.items():
-        out[name] = {"model": rep.model_version, "conservation_error_us": rep.conservation_error_us,
-                     "measured_us": rep.measured_us, "solo_us": rep.solo_us,
-                     "share_median": rep.share_median, "share_p95": rep.share_p95,
-                     "raw_median": rep.raw_median, "raw_p95": rep.raw_p95}
+        out[name] = {
+            "model": rep.model_version,
+            "conservation_error_us": rep.conservation_error_us,
+            "measured_us": rep.measured_us,
+            "solo_us": rep.solo_us,
+            "share_median": rep.share_median,
+            "share_p95": rep.share_p95,
+            "raw_median": rep.raw_median,
+            "raw_p95": rep.raw_p95,
+        }
     return out
 
 
@@ -237,16 +284,28 @@ def run_accuracy(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="infermeter-accuracy-") as tmp:
         result = bench_accuracy(Path(tmp), quick)
     result |= {"machine": _machine(), "date": time.strftime("%Y-%m-%d"), "quick": quick}
-    table = Table("cost model", "conservation error", "median error", "p95 error",
-                  "raw median (incl. batching discount)")
+    table = Table(
+        "cost model",
+        "conservation error",
+        "median error",
+        "p95 error",
+        "raw median (incl. batching discount)",
+    )
     for name in ("before", "after"):
         r = result[name]
-        table.add_row(f"{name}: {r['model']}", f"{r['conservation_error_us']} µs",
-                      f"{r['share_median']:.1%}", f"{r['share_p95']:.1%}", f"{r['raw_median']:.1%}")
+        table.add_row(
+            f"{name}: {r['model']}",
+            f"{r['conservation_error_us']} µs",
+            f"{r['share_median']:.1%}",
+            f"{r['share_p95']:.1%}",
+            f"{r['raw_median']:.1%}",
+        )
     console.print(table)
-    console.print(f"{result['requests']} requests on {result['engine']}, medians of "
-                  f"{result['repeats']} runs; cost-model fit MAPE {result['fit_mape_percent']} %; "
-                  f"goal: conservation exact, median error ≤ 5 % after calibration")
+    console.print(
+        f"{result['requests']} requests on {result['engine']}, medians of "
+        f"{result['repeats']} runs; cost-model fit MAPE {result['fit_mape_percent']} %; "
+        f"goal: conservation exact, median error ≤ 5 % after calibration"
+    )
     console.print(f"machine: {result['machine']}; date {result['date']}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2))
@@ -257,29 +316,38 @@ def run_benchmarks(args: argparse.Namespace) -> int:
     if getattr(args, "accuracy", False):
         return run_accuracy(args)
     quick = bool(args.quick)
-    sizes = {"rounds": 2 if quick else 5, "requests": 4 if quick else 16,
-             "max_tokens": 8 if quick else 32, "appends": 5_000 if quick else 200_000,
-             "gateway": 20 if quick else 200}
-    results: dict[str, Any] = {"machine": _machine(), "date": time.strftime("%Y-%m-%d"),
-                               "quick": quick}
+    sizes = {
+        "rounds": 2 if quick else 5,
+        "requests": 4 if quick else 16,
+        "max_tokens": 8 if quick else 32,
+        "appends": 5_000 if quick else 200_000,
+        "gateway": 20 if quick else 200,
+    }
+    results: dict[str, Any] = {"machine": _machine(), "date": time.strftime("%Y-%m-%d"), "quick": quick}
     with tempfile.TemporaryDirectory(prefix="infermeter-bench-") as tmp:
         base = Path(tmp)
         console.print("(a) metering on/off …")
-        results["metering"] = bench_metering(base / "a", sizes["rounds"], sizes["requests"],
-                                             sizes["max_tokens"])
+        results["metering"] = bench_metering(
+            base / "a", sizes["rounds"], sizes["requests"], sizes["max_tokens"]
+        )
         console.print("(b) ledger appends …")
         results["ledger"] = bench_ledger(base, sizes["appends"])
         console.print("(c) gateway latency …")
         results["gateway"] = bench_gateway(base / "c", sizes["gateway"])
     table = Table("benchmark", "result", "goal")
     m, led, g = results["metering"], results["ledger"], results["gateway"]
-    table.add_row("(a) tokens/s metering on ÷ off",
-                  f"{m['ratio_on_off']:.4f} ({m['tokens_per_s_on']:.0f} / {m['tokens_per_s_off']:.0f} tok/s)",
-                  "≥ 0.99")
+    table.add_row(
+        "(a) tokens/s metering on ÷ off",
+        f"{m['ratio_on_off']:.4f} ({m['tokens_per_s_on']:.0f} / {m['tokens_per_s_off']:.0f} tok/s)",
+        "≥ 0.99",
+    )
     table.add_row("(b) durable ledger appends/s", f"{led['appends_per_s']:,.0f}", "≥ 50,000")
-    table.add_row("(c) gateway added p50 latency",
-                  f"{g['added_p50_ms']:.3f} ms ({g['p50_gateway_ms']:.3f} - {g['p50_direct_ms']:.3f}); "
-                  f"HTTP round trip alone {g['p50_http_floor_ms']:.3f} ms", "< 1 ms")
+    table.add_row(
+        "(c) gateway added p50 latency",
+        f"{g['added_p50_ms']:.3f} ms ({g['p50_gateway_ms']:.3f} - {g['p50_direct_ms']:.3f}); "
+        f"HTTP round trip alone {g['p50_http_floor_ms']:.3f} ms",
+        "< 1 ms",
+    )
     console.print(table)
     console.print(f"machine: {results['machine']}; date {results['date']}")
     if args.json_out:

@@ -58,8 +58,10 @@ def bench_engine(
     prompt_tokens = min(prompt_tokens, info.max_seq_len - decode_steps - 1)
     batch = min(batch, info.max_batch)
     if prompt_tokens < 2:
-        raise ValueError(f"engine {info.engine_id}'s context ({info.max_seq_len}) is too short "
-                         f"for {decode_steps} decode steps after a prompt; use fewer")
+        raise ValueError(
+            f"engine {info.engine_id}'s context ({info.max_seq_len}) is too short "
+            f"for {decode_steps} decode steps after a prompt; use fewer"
+        )
     rng = np.random.default_rng(seed)
     vocab = min(info.vocab_size, 256)
     prompts = [[int(t) for t in rng.integers(0, vocab, prompt_tokens)] for _ in range(batch)]

@@ -1,0 +1,1 @@
+"""Observability: Prometheus instruments shared by the wiring and the API."""
