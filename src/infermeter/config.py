@@ -36,6 +36,8 @@ class Settings:
     sampler: str = "none"  # window sampler source: none | scripted | nvml | dcgm
     window_ms: int = 100  # sampler window length (GPM needs >= 100 ms)
     checkpoint_interval_s: int = 60  # sign a ledger checkpoint this often when it grew; 0 = only on demand
+    # public log: C2SP witnesses to send checkpoints to, "URL VKEY;URL VKEY" (billing.log_publisher)
+    witnesses: str = ""
     log_level: str = "info"
 
     @property

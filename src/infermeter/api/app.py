@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 import infermeter
 from infermeter.api import admin, completions, errors, ledger, system, usage
+from infermeter.api import log as public_log
 from infermeter.dashboard import routes as dashboard
 
 
@@ -32,6 +33,7 @@ def create_app(service: Any, *, manage: bool = True) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(usage.router)
     app.include_router(ledger.router)
+    app.include_router(public_log.router)
     app.include_router(system.router)
     admin.install(app)
     app.include_router(dashboard.router)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from infermeter.api.admin import admin_key
 from infermeter.api.completions import api_key
 from infermeter.api.records import record_view
+from infermeter.api.tlog_receipts import TLOG_PROOF_TYPE, tlog_receipt
 from infermeter.billing.checkpoint_log import CheckpointLog
 from infermeter.billing.corrections import issue_correction
 from infermeter.billing.ledger import leaf_hash
@@ -42,7 +43,14 @@ def _log(request: Request) -> CheckpointLog:
 def ledger_key(request: Request) -> dict[str, Any]:
     """The log's public keys: verify receipts and checkpoints offline with these."""
     log = _log(request)
-    return {**key_document(log.keys.list()), "origin": log.origin}
+    public = request.app.state.service.public_log
+    return {
+        **key_document(log.keys.list()),
+        "origin": log.origin,
+        # C2SP signed-note verifier keys (name+id+base64) for /log/checkpoint and .tlog-proof receipts
+        "verifier_key": public.active_verifier_key().text(),
+        "verifier_keys": [k.text() for k in public.verifier_keys()],
+    }
 
 
 @router.get("/v1/ledger/checkpoints")
@@ -100,13 +108,24 @@ def consistency(
     }
 
 
-@router.get("/v1/receipts/{record_id}")
-def receipt(request: Request, record_id: str, key: ApiKey = Depends(api_key)) -> dict[str, Any]:
+@router.get("/v1/receipts/{record_id}", response_model=None)
+def receipt(
+    request: Request,
+    record_id: str,
+    key: ApiKey = Depends(api_key),
+    format: Literal["json", "tlog-proof"] | None = Query(
+        None, description="tlog-proof: c2sp.org/tlog-proof@v1 text"
+    ),
+) -> dict[str, Any] | Response:
     """The record, its leaf index, its inclusion proof and a signed checkpoint that covers it."""
     log = _log(request)
     entry = log.entry(record_id)
     if entry is None or (not key.admin and entry.tenant_id != key.tenant_id):
         raise NotFound(f"no usage record {record_id!r} for this tenant; list yours at /v1/usage/records")
+    if format == "tlog-proof" or (format is None and "tlog-proof" in request.headers.get("accept", "")):
+        text = tlog_receipt(request.app.state.service.log_publisher, entry.seq, entry.payload)
+        disposition = f'attachment; filename="{entry.record_id}.tlog-proof"'
+        return Response(text, media_type=TLOG_PROOF_TYPE, headers={"Content-Disposition": disposition})
     cp = log.covering(entry.seq)
     if log.leaf(entry.seq) != leaf_hash(entry.payload.encode()):
         raise LedgerIntegrityError(

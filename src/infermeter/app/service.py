@@ -13,7 +13,9 @@ from pathlib import Path
 
 from infermeter.billing.budgets import Budgets
 from infermeter.billing.checkpoint_log import CheckpointLog, CheckpointScheduler
+from infermeter.billing.log_publisher import LogPublisher, parse_witnesses
 from infermeter.billing.pricing import DEFAULT_PLAN, PricePlan
+from infermeter.billing.public_log import PublicLog
 from infermeter.billing.signing import LedgerKeys
 from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.billing.store import Store
@@ -56,6 +58,9 @@ class Service:
             getattr(self.store, "path", settings.db_path), LedgerKeys(settings.home / "keys")
         )
         self._checkpointer: CheckpointScheduler | None = None
+        # The public C2SP log over the same entries: signed at most once a second while it grows.
+        self.public_log = PublicLog(self.checkpoints.path, self.checkpoints.keys)
+        self.log_publisher = LogPublisher(self.public_log, parse_witnesses(settings.witnesses))
         limit_default = Decimal(settings.default_budget) if settings.default_budget else None
         self.budgets = Budgets(spent_of=self.store.spent, limit_of=self._limit_of)
         self._limit_default = limit_default
@@ -150,6 +155,7 @@ class Service:
         if self.settings.checkpoint_interval_s > 0:
             self._checkpointer = CheckpointScheduler(self.checkpoints, self.settings.checkpoint_interval_s)
             self._checkpointer.start()
+        self.log_publisher.start()  # its first tick signs entries no checkpoint covers yet
         self.started = True
         log.info("serving %s", ", ".join(e.engine_id for e in self.engine_infos()))
 
@@ -164,6 +170,9 @@ class Service:
         if self._checkpointer is not None:
             self._checkpointer.stop(final=True)  # sign what this run appended
             self._checkpointer = None
+        if self.started:
+            self.log_publisher.stop(final=True)
+        self.public_log.close()
         self.checkpoints.close()
         for loaded in self._engines:
             loaded.engine.close()

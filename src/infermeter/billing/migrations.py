@@ -23,6 +23,7 @@ class Migration:
 
 
 _APPEND_ONLY = "the usage ledger is append-only; record a correction as a new reversal or adjustment entry"
+_PUBLIC_LOG_ONLY_ADDED = "the public log only grows: salts, checkpoints and cosignatures are never changed"
 _CHECKPOINTS_ONLY_ADDED = "signed checkpoints are never changed or removed; sign a new one instead"
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -116,6 +117,33 @@ MIGRATIONS: tuple[Migration, ...] = (
                 BEGIN SELECT RAISE(ABORT, '{_CHECKPOINTS_ONLY_ADDED}'); END""",
             "CREATE TRIGGER ledger_log_no_update BEFORE UPDATE ON ledger_log "
             "BEGIN SELECT RAISE(ABORT, 'the ledger log origin never changes'); END",
+        ),
+    ),
+    Migration(
+        "0004_c2sp_public_log",
+        (
+            # The public log (billing.public_log): each entry's salt for its commitment, the
+            # C2SP signed-note checkpoints, and the witnesses' cosignatures of them.
+            "CREATE TABLE log_salts (seq INTEGER PRIMARY KEY, salt BLOB NOT NULL)",
+            """CREATE TABLE log_checkpoints (
+                number INTEGER PRIMARY KEY,
+                tree_size INTEGER NOT NULL,
+                root_hash TEXT NOT NULL,
+                note TEXT NOT NULL
+            )""",
+            "CREATE INDEX log_checkpoints_tree_size ON log_checkpoints (tree_size)",
+            """CREATE TABLE log_cosignatures (
+                number INTEGER NOT NULL REFERENCES log_checkpoints (number),
+                witness TEXT NOT NULL,
+                line TEXT NOT NULL,
+                PRIMARY KEY (number, witness)
+            )""",
+            *(
+                f"CREATE TRIGGER {t}_no_{op.lower()} BEFORE {op} ON {t} "
+                f"BEGIN SELECT RAISE(ABORT, '{_PUBLIC_LOG_ONLY_ADDED}'); END"
+                for t in ("log_salts", "log_checkpoints", "log_cosignatures")
+                for op in ("UPDATE", "DELETE")
+            ),
         ),
     ),
 )

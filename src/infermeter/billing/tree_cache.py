@@ -101,6 +101,12 @@ class TreeCache:
             return []
         return self._subproof(first, 0, second, self._top(second), True)
 
+    def hashes(self, level: int, first: int, end: int) -> list[bytes]:
+        """Stored nodes ``first``..``end - 1`` of ``level`` (0: leaves; l: complete tiles' roots)."""
+        if level >= len(self._levels) or end > len(self._levels[level]) // HASH:
+            raise ValueError(f"level {level} has no complete nodes {first}..{end - 1} yet")
+        return self._nodes(level, first, end)
+
     # internals ------------------------------------------------------------------------------
     def _check(self, size: int, what: str) -> None:
         if not 0 <= size <= self.size:

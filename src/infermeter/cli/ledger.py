@@ -27,6 +27,7 @@ from infermeter.config import Settings
 from infermeter.core.errors import ConfigError, InvalidRequest, LedgerIntegrityError, NotFound
 from infermeter.core.money import format_decimal
 
+from . import tlog
 from .commands import _emit_json, open_store, out, settings_from
 
 
@@ -74,8 +75,15 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
             None,
             f"the signed checkpoints cannot be read ({exc}): their tables were dropped or damaged",
         )
+    public = tlog.audit_public_log(args)  # C2SP checkpoints and --witness cosignatures
     if args.json:
         report = _report_json(chain, cps)
+        report["public_log"] = {
+            "ok": public.ok,
+            "message": public.message,
+            "witnessed_size": public.witnessed_size,
+        }
+        report["ok"] = report["ok"] and public.ok
         _emit_json(report)
         return 0 if report["ok"] else 1
     if not chain.ok:
@@ -83,8 +91,11 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
         raise LedgerIntegrityError(chain.message + extra, seq=chain.first_bad_seq)
     if not cps.ok:
         raise LedgerIntegrityError(cps.message, seq=cps.first_bad_seq)
+    if not public.ok:
+        raise LedgerIntegrityError(public.message, seq=public.first_bad_seq)
     out.print(f"[green]intact[/]: {chain.message}")
     out.print(cps.message)
+    out.print(public.message)
     return 0
 
 
@@ -196,6 +207,8 @@ def public_keys_for(args: argparse.Namespace) -> dict[str, bytes]:
 
 
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
+    if tlog.is_tlog_proof(Path(args.file)):
+        return tlog.cmd_tlog_receipt_verify(args)
     verdict = verify_receipt(_read_json(Path(args.file), "receipt"), public_keys_for(args))
     if args.json:
         _emit_json(
@@ -223,6 +236,8 @@ def register(sub: Any) -> None:
     p = ledger.add_parser(
         "verify", help="check every entry and every signed checkpoint; exit 1 naming the first bad one"
     )
+    p.add_argument("--cosigned", action="append", metavar="FILE", help="a saved /log/checkpoint to check too")
+    tlog.add_witness_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_ledger_verify)
     p = ledger.add_parser("checkpoint", help="sign a checkpoint of the ledger now")
@@ -245,7 +260,10 @@ def register(sub: Any) -> None:
     )
     p = receipt.add_parser("verify", help="check a saved receipt with only the public key; exit 1 if invalid")
     p.add_argument("file", help="the receipt JSON saved from GET /v1/receipts/{record_id}")
-    p.add_argument("--key", help="the saved GET /v1/ledger/key JSON, or a ledger-<id>.pub PEM file")
+    p.add_argument(
+        "--key", help="the saved GET /v1/ledger/key JSON, a ledger-<id>.pub PEM file, or (.tlog-proof) a VKEY"
+    )
     p.add_argument("--key-url", dest="key_url", help="fetch the keys from this GET /v1/ledger/key URL")
+    tlog.add_witness_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_receipt_verify)

@@ -1,0 +1,34 @@
+"""A witness over HTTP (c2sp.org/tlog-witness): one route, ``POST /add-checkpoint``.
+
+The app holds nothing but a ``billing.witness.Witness``; ``infermeter witness serve`` runs
+it. Bodies over 64 KiB are refused with 413 before they are read in full.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request, Response
+
+import infermeter
+from infermeter.billing.witness import Witness
+
+MAX_BODY = 64 * 1024
+
+
+def create_witness_app(witness: Witness) -> FastAPI:
+    app = FastAPI(title="infermeter witness", version=infermeter.__version__)
+
+    @app.post("/add-checkpoint")
+    async def add_checkpoint(request: Request) -> Response:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return Response(
+                    f"the request body exceeds {MAX_BODY} bytes; a request is a few hundred\n",
+                    status_code=413,
+                    media_type="text/plain; charset=utf-8",
+                )
+        reply = witness.add_checkpoint(bytes(body))
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+    return app
