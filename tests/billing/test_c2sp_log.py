@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -189,7 +190,7 @@ def test_k_of_n_cosignatures_are_required_when_asked(
 def test_a_witness_cosigns_growth_and_refuses_rollbacks_and_bad_proofs(
     store: SqliteStore, plog: PublicLog, tmp_path: Path
 ) -> None:
-    """200 for consistent growth; 409 (with its size) for a stale old; 422 for a wrong proof; 400, 404, 403."""
+    """200 for growth; 409 (with its size) for a stale old; 422 for a bad proof; 400, 403, 404."""
     witness = Witness(tmp_path / "w", "w.example", [plog.active_verifier_key()])
     store.append([make_record(i) for i in range(5)])
     five, _ = plog.publish()
@@ -207,6 +208,10 @@ def test_a_witness_cosigns_growth_and_refuses_rollbacks_and_bad_proofs(
     assert back.status == 400  # old 9 > size 5: the witness never goes back
     assert witness.add_checkpoint(AddCheckpoint(5, (), five.note.encode()).encode()).status == 409
     assert witness.add_checkpoint(b"old 0\n\nnot a note").status == 400
+    text = signed_note.parse(nine.note).text
+    impostor = Ed25519PrivateKey.generate()
+    forged = signed_note.Note(text, (signed_note.sign(text, plog.origin, impostor),)).encode()
+    assert witness.add_checkpoint(AddCheckpoint(9, (), forged).encode()).status == 403
     other = Witness(tmp_path / "o", "o.example", [signed_note.VerifierKey.parse(
         "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")])  # fmt: skip
     assert other.add_checkpoint(AddCheckpoint(0, (), nine.note.encode()).encode()).status == 404
