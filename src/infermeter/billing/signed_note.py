@@ -77,11 +77,11 @@ class VerifierKey:
             raise NoteError(f"verifier key {text!r} is not name+keyid+base64(type||key)")
         name, hex_id, blob = parts
         _check_name(name)
+        raw = b64(blob, f"verifier key {text!r}: the key")
         try:
-            raw = base64.b64decode(blob, validate=True)
             stated = bytes.fromhex(hex_id)
-        except (binascii.Error, ValueError):
-            raise NoteError(f"verifier key {text!r}: key id must be hex and the key base64") from None
+        except ValueError:
+            raise NoteError(f"verifier key {text!r}: the key id must be hex") from None
         if len(raw) != 33 or raw[0] not in (ED25519, COSIGNATURE_V1) or len(stated) != 4:
             raise NoteError(
                 f"verifier key {text!r}: expected an 8-hex-digit id and 33 bytes of key "
@@ -123,6 +123,17 @@ class Note:
             if s not in have:
                 have.append(s)
         return Note(self.text, tuple(have))
+
+
+def b64(text: str, what: str) -> bytes:
+    """Strict standard base64: only the one canonical spelling of the bytes is accepted."""
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise NoteError(f"{what} is not base64") from None
+    if base64.b64encode(data).decode() != text:
+        raise NoteError(f"{what} is not canonical base64 (its padding bits are not zero)")
+    return data
 
 
 def _check_text(text: str) -> None:
@@ -171,10 +182,7 @@ def parse(data: bytes | str) -> Note:
         if len(parts) != 3 or parts[0] != DASH:
             raise NoteError(f"signature line {line!r} is not '{DASH} <name> <base64>'")
         _check_name(parts[1])
-        try:
-            blob = base64.b64decode(parts[2], validate=True)
-        except (binascii.Error, ValueError):
-            raise NoteError(f"signature line {line!r}: the signature is not base64") from None
+        blob = b64(parts[2], f"signature line {line!r}: the signature")
         if len(blob) < 5:
             raise NoteError(f"signature line {line!r}: too short for a key id and a signature")
         signatures.append(NoteSignature(parts[1], blob[:4], blob[4:]))

@@ -14,7 +14,6 @@ needs only the text, the log's verifier key(s) and, to require witnesses, theirs
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,10 +58,7 @@ def parse(data: str | bytes) -> TlogProof:
     at = 1
     extra = b""
     if at < len(lines) and lines[at].startswith("extra "):
-        try:
-            extra = base64.b64decode(lines[at][6:], validate=True)
-        except (binascii.Error, ValueError):
-            raise NoteError("the extra line is not base64") from None
+        extra = signed_note.b64(lines[at][6:], "the extra line")
         at += 1
     if at >= len(lines) or not lines[at].startswith("index "):
         raise NoteError("a tlog-proof states 'index <N>' after its header (and extra) line")
@@ -71,10 +67,7 @@ def parse(data: str | bytes) -> TlogProof:
         raise NoteError(f"index {index_text!r} is not a decimal without leading zeros")
     path: list[bytes] = []
     for line in lines[at + 1 :]:
-        try:
-            h = base64.b64decode(line, validate=True)
-        except (binascii.Error, ValueError):
-            raise NoteError(f"inclusion proof line {line[:60]!r} is not base64") from None
+        h = signed_note.b64(line, f"inclusion proof line {line[:60]!r}")
         if len(h) != 32:
             raise NoteError(f"inclusion proof line {line[:60]!r} is not a 32-byte hash")
         path.append(h)
