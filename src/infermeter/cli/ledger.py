@@ -90,7 +90,8 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
         extra = "" if cps.ok else f" Checkpoints: {cps.message}"
         raise LedgerIntegrityError(chain.message + extra, seq=chain.first_bad_seq)
     if not cps.ok:
-        raise LedgerIntegrityError(cps.message, seq=cps.first_bad_seq)
+        extra = "" if public.ok else f" Public log: {public.message}"
+        raise LedgerIntegrityError(cps.message + extra, seq=cps.first_bad_seq)
     if not public.ok:
         raise LedgerIntegrityError(public.message, seq=public.first_bad_seq)
     out.print(f"[green]intact[/]: {chain.message}")
