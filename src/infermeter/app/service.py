@@ -15,7 +15,6 @@ from infermeter.billing.budgets import Budgets
 from infermeter.billing.checkpoint_log import CheckpointLog, CheckpointScheduler
 from infermeter.billing.pricing import DEFAULT_PLAN, PricePlan
 from infermeter.billing.signing import LedgerKeys
-from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.billing.store import Store
 from infermeter.config import Settings
 from infermeter.core.timing import NullTimer
@@ -33,6 +32,7 @@ from infermeter.runtime.scheduler import SchedulerConfig
 from infermeter.runtime.worker import Worker
 
 from .pipeline import MeteringPipeline
+from .stores import make_checkpoint_log, make_store
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,11 @@ class Service:
     ) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
-        self.store: Store = store or SqliteStore(settings.db_path, synchronous=settings.synchronous)
+        self.store: Store = store or make_store(settings)
         self.metrics = Metrics()
         # The verifiable log: the signing key is made here on first start (billing.signing).
-        self.checkpoints = CheckpointLog(
-            getattr(self.store, "path", settings.db_path), LedgerKeys(settings.home / "keys")
+        self.checkpoints: CheckpointLog = make_checkpoint_log(
+            settings, LedgerKeys(settings.home / "keys"), self.store
         )
         self._checkpointer: CheckpointScheduler | None = None
         limit_default = Decimal(settings.default_budget) if settings.default_budget else None

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve LLMs and bill every request by the device resources it really used.",
     )
     parser.add_argument("--home", help="data directory (env INFERMETER_HOME; default ./.infermeter)")
+    parser.add_argument(
+        "--db",
+        help="billing database URL, postgresql://… (env INFERMETER_DB; default the SQLite file in home)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
