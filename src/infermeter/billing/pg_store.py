@@ -52,6 +52,11 @@ _STREAM_ROWS = 5000  # rows a server-side cursor fetches per round trip while ve
 _STOP = object()
 
 
+def _why(exc: BaseException) -> str:
+    """The driver's message on one line."""
+    return " ".join(str(exc).split())
+
+
 def is_postgres_url(url: str | None) -> bool:
     return bool(url) and str(url).startswith(("postgresql://", "postgres://"))
 
@@ -70,7 +75,7 @@ def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
         return psycopg.connect(url, autocommit=True, connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
         raise Unavailable(
-            f"cannot connect to PostgreSQL at {redact(url)} ({str(exc).strip()}); "
+            f"cannot connect to PostgreSQL at {redact(url)} ({_why(exc)}); "
             "start it or fix --db / INFERMETER_DB"
         ) from None
 
@@ -179,7 +184,7 @@ class PgStore:
             return fn(self._conn())
         except psycopg.OperationalError as exc:
             raise Unavailable(
-                f"PostgreSQL at {redact(self.url)} failed ({str(exc).strip()}); retry when it is back"
+                f"PostgreSQL at {redact(self.url)} failed ({_why(exc)}); retry when it is back"
             ) from None
 
     # tenants and keys -----------------------------------------------------------
