@@ -74,7 +74,7 @@ def test_the_ledger_refuses_update_delete_and_truncate(pg_url: str) -> None:
                 "TRUNCATE ledger",
                 "TRUNCATE checkpoints",
             ):
-                with pytest.raises(psycopg.errors.RaiseException, match="never changed|append-only"):
+                with pytest.raises(psycopg.errors.RaiseException, match=r"never changed|append-only"):
                     conn.execute(sql)
         assert store.verify().ok and store.ledger_size() == 1
 

@@ -1,12 +1,16 @@
 """Which billing database a process opens: the SQLite file in its home, or PostgreSQL.
 
 ``Settings.db`` (``--db URL`` / ``INFERMETER_DB``) names a PostgreSQL database; unset, the
-embedded SQLite file ``<home>/infermeter.db`` is used. The service and every CLI command
+embedded SQLite file ``<home>/infermeter.db`` is used. With ``Settings.queue`` as well
+(``--queue nats://…``, cluster mode) requests are billed through the outbox
+``<home>/outbox.db`` and the usage stream (``billing.queued_store``). The service and every CLI command
 open their store and checkpoint log here, so both back ends are reached the same way.
 The PostgreSQL modules (and psycopg) are imported only when a PostgreSQL URL is given.
 """
 
 from __future__ import annotations
+
+import socket
 
 from infermeter.billing.checkpoint_log import CheckpointLog
 from infermeter.billing.signing import LedgerKeys
@@ -28,6 +32,16 @@ def _psycopg_missing() -> ConfigError:
 
 def make_store(settings: Settings) -> Store:
     """The store ``settings`` name (PostgreSQL when ``db`` is set, else SQLite in home)."""
+    if settings.db is not None and settings.queue is not None:
+        try:
+            from infermeter.billing.queued_store import QueuedStore
+        except ImportError:
+            raise ConfigError(
+                "--queue nats://… needs psycopg 3 and nats-py; install them with "
+                "`pip install 'infermeter[postgres,nats]'`"
+            ) from None
+        worker = f"{socket.gethostname()}-{settings.port}"
+        return QueuedStore(settings.db, settings.queue, settings.home / "outbox.db", worker)
     if settings.db is not None:
         try:
             from infermeter.billing.pg_store import PgStore
