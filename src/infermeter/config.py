@@ -32,6 +32,8 @@ class Settings:
     # metering and billing
     metering: bool = True
     synchronous: str = "FULL"  # SQLite synchronous mode for the ledger
+    db: str | None = None  # billing database URL: postgresql://…; None = the SQLite file in home
+    queue: str | None = None  # usage queue URL (nats://…): cluster mode, with a PostgreSQL db
     default_budget: str | None = None  # per-tenant spend limit for new tenants; None = unlimited
     sampler: str = "none"  # window sampler source: none | scripted | nvml | dcgm
     window_ms: int = 100  # sampler window length (GPM needs >= 100 ms)
@@ -96,6 +98,18 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
         raise ConfigError(
             f"checkpoint_interval_s={settings.checkpoint_interval_s} must be >= 0 "
             "(60 is the default; 0 signs checkpoints only on demand)"
+        )
+    if settings.db is not None and not settings.db.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"db={settings.db!r} is not a PostgreSQL URL; use postgresql://user@host:5432/name "
+            "or leave it unset for the SQLite file in the home directory"
+        )
+    if settings.queue is not None and not settings.queue.startswith("nats://"):
+        raise ConfigError(f"queue={settings.queue!r} is not a NATS URL; use e.g. nats://127.0.0.1:4222")
+    if settings.queue is not None and not (settings.db or "").startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"queue={settings.queue!r} needs a PostgreSQL billing database; pass --db postgresql://… "
+            "(the ingester appends the queued records there)"
         )
     if settings.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"synchronous={settings.synchronous!r}; use NORMAL, FULL or EXTRA")

@@ -1,4 +1,4 @@
-"""The checkpoint log over a real SQLite ledger: signing, proving, refusing to sign over changes."""
+"""The checkpoint log over a real SQLite or PostgreSQL ledger: signing, proving, refusing changes."""
 
 from __future__ import annotations
 
@@ -14,36 +14,27 @@ from infermeter.billing.ledger import leaf_hash
 from infermeter.billing.merkle import merkle_root, verify_consistency, verify_inclusion
 from infermeter.billing.signing import LedgerKeys
 from infermeter.billing.sqlite_store import SqliteStore
+from infermeter.billing.store import Store
 from infermeter.config import load_settings
 from infermeter.core.errors import ConfigError, LedgerIntegrityError, NotFound
+from tests.pgtools import checkpoint_log_for, raw_edit, raw_query
 
 from .ledger_records import make_record
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with SqliteStore(tmp_path / "im.db") as s:
-        yield s
+def store(any_store: Store) -> Store:
+    return any_store
 
 
 @pytest.fixture
-def log(store: SqliteStore, tmp_path: Path) -> Iterator[CheckpointLog]:
-    cl = CheckpointLog(store.path, LedgerKeys(tmp_path / "keys"), tile=4)
+def log(store: Store, tmp_path: Path) -> Iterator[CheckpointLog]:
+    cl: CheckpointLog = checkpoint_log_for(store, LedgerKeys(tmp_path / "keys"), tile=4)  # type: ignore[assignment]
     yield cl
     cl.close()
 
 
-def edit(path: Path, sql: str, *args: object) -> None:
-    """Change the database as a person with the sqlite3 shell would (triggers dropped first)."""
-    db = sqlite3.connect(path)
-    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
-        db.execute(f"DROP TRIGGER {name}")
-    db.execute(sql, args)
-    db.commit()
-    db.close()
-
-
-def test_a_checkpoint_signs_the_ledgers_merkle_root(store: SqliteStore, log: CheckpointLog) -> None:
+def test_a_checkpoint_signs_the_ledgers_merkle_root(store: Store, log: CheckpointLog) -> None:
     """The checkpoint's root is MTH of the stored leaf hashes, signed by the active key."""
     store.append([make_record(i) for i in range(11)])
     cp, created = log.checkpoint()
@@ -54,7 +45,7 @@ def test_a_checkpoint_signs_the_ledgers_merkle_root(store: SqliteStore, log: Che
 
 
 def test_an_unchanged_ledger_gets_no_new_checkpoint_until_the_key_changes(
-    store: SqliteStore, log: CheckpointLog
+    store: Store, log: CheckpointLog
 ) -> None:
     """Asking again without growth returns the same checkpoint; after a rotation, a new one."""
     store.append([make_record(0)])
@@ -67,7 +58,7 @@ def test_an_unchanged_ledger_gets_no_new_checkpoint_until_the_key_changes(
     assert log.verify().ok
 
 
-def test_proofs_verify_against_stored_checkpoints(store: SqliteStore, log: CheckpointLog) -> None:
+def test_proofs_verify_against_stored_checkpoints(store: Store, log: CheckpointLog) -> None:
     """Inclusion proofs against an older checkpoint and consistency proofs between two verify."""
     store.append([make_record(i) for i in range(6)])
     old, _ = log.checkpoint()
@@ -84,7 +75,7 @@ def test_proofs_verify_against_stored_checkpoints(store: SqliteStore, log: Check
     assert log.page(after=1, limit=10) == [new]
 
 
-def test_covering_makes_a_checkpoint_only_when_needed(store: SqliteStore, log: CheckpointLog) -> None:
+def test_covering_makes_a_checkpoint_only_when_needed(store: Store, log: CheckpointLog) -> None:
     """An entry past the newest checkpoint gets a new one; an older entry reuses it."""
     store.append([make_record(i) for i in range(3)])
     cp = log.covering(2)
@@ -94,7 +85,7 @@ def test_covering_makes_a_checkpoint_only_when_needed(store: SqliteStore, log: C
     assert log.covering(3).tree_size == 4
 
 
-def test_entries_are_found_by_record_or_request_id(store: SqliteStore, log: CheckpointLog) -> None:
+def test_entries_are_found_by_record_or_request_id(store: Store, log: CheckpointLog) -> None:
     """entry() finds a stored entry by its record id or its request id, else None."""
     store.append([make_record(i) for i in range(3)])
     by_record, by_request = log.entry("rec_t000001"), log.entry("req_t000001")
@@ -104,11 +95,11 @@ def test_entries_are_found_by_record_or_request_id(store: SqliteStore, log: Chec
         log.inclusion(0, 9)
 
 
-def test_no_checkpoint_is_signed_over_a_changed_payload(store: SqliteStore, log: CheckpointLog) -> None:
+def test_no_checkpoint_is_signed_over_a_changed_payload(store: Store, log: CheckpointLog) -> None:
     """A payload that no longer matches its leaf hash stops the log, naming the entry."""
     store.append([make_record(i) for i in range(4)])
-    edit(
-        store.path,
+    raw_edit(
+        store,
         "UPDATE ledger SET payload = replace(payload, '\"prompt_tokens\":12', "
         "'\"prompt_tokens\":13') WHERE seq = 2",
     )
@@ -116,28 +107,29 @@ def test_no_checkpoint_is_signed_over_a_changed_payload(store: SqliteStore, log:
         log.checkpoint()
 
 
-def test_no_checkpoint_is_signed_over_a_rewritten_history(store: SqliteStore, tmp_path: Path) -> None:
+def test_no_checkpoint_is_signed_over_a_rewritten_history(store: Store, tmp_path: Path) -> None:
     """If the signed part of the tree changed since the last checkpoint, the next is refused."""
     store.append([make_record(i) for i in range(4)])
     keys = LedgerKeys(tmp_path / "keys")
-    first = CheckpointLog(store.path, keys)
+    first: CheckpointLog = checkpoint_log_for(store, keys)  # type: ignore[assignment]
     first.checkpoint()
     first.close()
-    (payload,) = sqlite3.connect(store.path).execute("SELECT payload FROM ledger WHERE seq = 1").fetchone()
+    ((payload,),) = raw_query(store, "SELECT payload FROM ledger WHERE seq = 1")
+    assert isinstance(payload, str)
     forged = payload.replace('"prompt_tokens":11', '"prompt_tokens":1')
-    edit(
-        store.path,
+    raw_edit(
+        store,
         "UPDATE ledger SET payload = ?, leaf_hash = ? WHERE seq = 1",
         forged,
         leaf_hash(forged.encode()).hex(),
     )  # the row is self-consistent again
-    fresh = CheckpointLog(store.path, keys)
+    fresh: CheckpointLog = checkpoint_log_for(store, keys)  # type: ignore[assignment]
     with pytest.raises(LedgerIntegrityError, match="no longer matches checkpoint 1"):
         fresh.checkpoint()
     fresh.close()
 
 
-def test_the_scheduler_signs_what_was_appended_when_it_stops(store: SqliteStore, log: CheckpointLog) -> None:
+def test_the_scheduler_signs_what_was_appended_when_it_stops(store: Store, log: CheckpointLog) -> None:
     """Stopping the scheduler signs the ledger's last state; with nothing new it signs nothing."""
     scheduler = CheckpointScheduler(log, interval_s=3600)
     scheduler.start()
@@ -151,10 +143,14 @@ def test_the_scheduler_signs_what_was_appended_when_it_stops(store: SqliteStore,
     assert log.page(after=0, limit=10) == [latest]
 
 
-def test_checkpoints_are_append_only(store: SqliteStore, log: CheckpointLog) -> None:
+def test_checkpoints_are_append_only(tmp_path: Path) -> None:
     """The checkpoints table refuses UPDATE and DELETE, like the ledger."""
+    store = SqliteStore(tmp_path / "im.db")
     store.append([make_record(0)])
+    log = CheckpointLog(store.path, LedgerKeys(tmp_path / "keys"))
     log.checkpoint()
+    log.close()
+    store.close()
     db = sqlite3.connect(store.path)
     with pytest.raises(sqlite3.IntegrityError, match="never changed or removed"):
         db.execute("UPDATE checkpoints SET tree_size = 0")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -21,9 +18,10 @@ from infermeter.billing.corrections import (
     plan_correction,
 )
 from infermeter.billing.invoices import build_invoice
-from infermeter.billing.sqlite_store import SqliteStore
+from infermeter.billing.store import Store
 from infermeter.core.errors import InvalidRequest, NotFound
 from infermeter.core.records import UsageRecord
+from tests.pgtools import raw_query
 
 from .ledger_records import T0, make_record
 
@@ -32,26 +30,22 @@ LATER = T0 + timedelta(days=1)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    with SqliteStore(tmp_path / "im.db") as s:
-        s.append([make_record(0, cost=COST, ru_micros=5_000_000), make_record(1)])
-        yield s
+def store(any_store: Store) -> Store:
+    """SQLite and PostgreSQL, each with the record to correct and one other."""
+    any_store.append([make_record(0, cost=COST, ru_micros=5_000_000), make_record(1)])
+    return any_store
 
 
-def correct(
-    store: SqliteStore, kind: str, amount: str | None = None, record: str = "rec_t000000"
-) -> Correction:
+def correct(store: Store, kind: str, amount: str | None = None, record: str = "rec_t000000") -> Correction:
     return issue_correction(store, record, kind, "customer complaint", amount, clock=lambda: LATER)
 
 
-def payload_of(store: SqliteStore, record_id: str) -> str:
-    db = sqlite3.connect(store.path)
-    (payload,) = db.execute("SELECT payload FROM ledger WHERE record_id = ?", (record_id,)).fetchone()
-    db.close()
+def payload_of(store: Store, record_id: str) -> str:
+    ((payload,),) = raw_query(store, "SELECT payload FROM ledger WHERE record_id = ?", record_id)
     return str(payload)
 
 
-def test_a_reversal_negates_cost_and_ru_and_names_the_original(store: SqliteStore) -> None:
+def test_a_reversal_negates_cost_and_ru_and_names_the_original(store: Store) -> None:
     """A reversal is a new entry: cost and RU negated, tokens zero, corrects = the original."""
     before = payload_of(store, "rec_t000000")
     done = correct(store, "reversal")
@@ -65,7 +59,7 @@ def test_a_reversal_negates_cost_and_ru_and_names_the_original(store: SqliteStor
     assert store.verify().ok
 
 
-def test_credits_refund_up_to_what_remains(store: SqliteStore) -> None:
+def test_credits_refund_up_to_what_remains(store: Store) -> None:
     """Credits add up to at most the original's cost; the one too many names the amounts."""
     assert correct(store, "credit", "1.00").remaining.cost == Decimal("0.25")
     with pytest.raises(InvalidRequest) as err:
@@ -76,7 +70,7 @@ def test_credits_refund_up_to_what_remains(store: SqliteStore) -> None:
     assert [c.cost for c in corrections_of(store, "rec_t000000")] == [Decimal("-1.00"), Decimal("-0.25")]
 
 
-def test_a_reversal_after_a_credit_reverses_only_the_rest(store: SqliteStore) -> None:
+def test_a_reversal_after_a_credit_reverses_only_the_rest(store: Store) -> None:
     """After a partial credit a reversal takes the remaining cost and all the RU, to zero."""
     correct(store, "credit", "0.50")
     done = correct(store, "reversal")
@@ -87,7 +81,7 @@ def test_a_reversal_after_a_credit_reverses_only_the_rest(store: SqliteStore) ->
         correct(store, "credit", "0.01")
 
 
-def test_the_invoice_shows_the_correction_and_the_original(store: SqliteStore) -> None:
+def test_the_invoice_shows_the_correction_and_the_original(store: Store) -> None:
     """The month's invoice keeps the usage line and adds a negative credit line."""
     correct(store, "credit", "0.50")
     records = [r for _, r in store.list_records("ten_a", limit=100)]
@@ -99,13 +93,13 @@ def test_the_invoice_shows_the_correction_and_the_original(store: SqliteStore) -
 
 
 @pytest.mark.parametrize("amount", ["0", "-1", "abc", "NaN", "Infinity"])
-def test_bad_credit_amounts_are_refused(store: SqliteStore, amount: str) -> None:
+def test_bad_credit_amounts_are_refused(store: Store, amount: str) -> None:
     """A credit must be a positive, finite decimal amount."""
     with pytest.raises(InvalidRequest, match="amount"):
         correct(store, "credit", amount)
 
 
-def test_what_cannot_be_corrected_is_refused(store: SqliteStore) -> None:
+def test_what_cannot_be_corrected_is_refused(store: Store) -> None:
     """Unknown records, corrections themselves, warm-up, bad kinds and empty reasons are refused."""
     with pytest.raises(NotFound, match="rec_nope"):
         correct(store, "reversal", record="rec_nope")
@@ -127,7 +121,7 @@ def test_what_cannot_be_corrected_is_refused(store: SqliteStore) -> None:
         parse_amount(0.5, "USD")  # type: ignore[arg-type]
 
 
-def test_concurrent_credits_never_over_credit(store: SqliteStore) -> None:
+def test_concurrent_credits_never_over_credit(store: Store) -> None:
     """Eight admins crediting 0.25 at once: exactly five succeed (1.25 / 0.25), none over."""
     outcomes: list[str] = []
     lock = threading.Lock()

@@ -1,10 +1,15 @@
-"""The SQLite store: group commit, idempotency, durability, append-only, queries, keys."""
+"""The store protocol: group commit, idempotency, durability, append-only, queries, keys.
+
+Tests taking ``store`` run on SQLite and on PostgreSQL (``any_store``); the rest are SQLite's own.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -15,7 +20,7 @@ from hypothesis import strategies as st
 
 from infermeter.billing.migrations import MIGRATIONS
 from infermeter.billing.sqlite_store import SqliteStore
-from infermeter.billing.store import AppendResult
+from infermeter.billing.store import AppendResult, Store
 from infermeter.core.errors import ConfigError, InvalidRequest, NotFound, Unavailable
 from infermeter.core.records import UsageRecord
 from infermeter.core.types import ServiceTier
@@ -24,10 +29,25 @@ from .ledger_records import T0, make_record
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
+def store(any_store: Store) -> Store:
+    return any_store
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
     s = SqliteStore(tmp_path / "im.db")
     yield s
     s.close()
+
+
+def stored_key_rows(store: Store) -> str:
+    """Every api_keys row as the database holds it, as text."""
+    if isinstance(store, SqliteStore):
+        return str(list(sqlite3.connect(store.path).execute("SELECT * FROM api_keys")))
+    import psycopg
+
+    with psycopg.connect(store.url) as conn:  # type: ignore[attr-defined]
+        return str(conn.execute("SELECT * FROM api_keys").fetchall())
 
 
 class Results:
@@ -54,7 +74,7 @@ class Gate:
         assert self.release.wait(10)
 
 
-def hold_writer(store: SqliteStore) -> Gate:
+def hold_writer(store: Store) -> Gate:
     gate = Gate()
     store.submit(make_record(900), gate)
     assert gate.entered.wait(10)
@@ -62,7 +82,7 @@ def hold_writer(store: SqliteStore) -> Gate:
 
 
 # idempotency ---------------------------------------------------------------
-def test_a_repeated_append_returns_the_first_record(store: SqliteStore) -> None:
+def test_a_repeated_append_returns_the_first_record(store: Store) -> None:
     """Appending one request id twice stores one entry; the repeat returns the first, created=False."""
     first = store.append([make_record(1)])[0]
     again = store.append([make_record(1, record_id="rec_other", cost=Decimal("9"))])[0]
@@ -71,21 +91,21 @@ def test_a_repeated_append_returns_the_first_record(store: SqliteStore) -> None:
     assert store.ledger_size() == 1 and store.get_record("rec_other") is None
 
 
-def test_a_repeat_within_one_append_call_is_not_stored_twice(store: SqliteStore) -> None:
+def test_a_repeat_within_one_append_call_is_not_stored_twice(store: Store) -> None:
     """Two records with one request id in a single append: one entry, the second is a repeat."""
     a, b = store.append([make_record(1), make_record(2, request_id="req_t000001")])
     assert a.created and not b.created and b.record.record_id == "rec_t000001"
     assert b.seq == a.seq == 0 and store.ledger_size() == 1
 
 
-def test_a_repeated_record_id_is_also_a_repeat(store: SqliteStore) -> None:
+def test_a_repeated_record_id_is_also_a_repeat(store: Store) -> None:
     """Reusing a record id under another request id returns the stored record."""
     store.append([make_record(1)])
     again = store.append([make_record(2, record_id="rec_t000001")])[0]
     assert not again.created and again.record.request_id == "req_t000001"
 
 
-def test_repeats_in_the_same_group_commit_return_the_first(store: SqliteStore) -> None:
+def test_repeats_in_the_same_group_commit_return_the_first(store: Store) -> None:
     """Submits of one request id committed in one group: the first is created, the rest repeat it."""
     gate, results = hold_writer(store), Results()
     for i in range(3):
@@ -98,7 +118,7 @@ def test_repeats_in_the_same_group_commit_return_the_first(store: SqliteStore) -
 
 
 # group commit ----------------------------------------------------------------
-def test_group_commit_from_four_threads(store: SqliteStore) -> None:
+def test_group_commit_from_four_threads(store: Store) -> None:
     """5,000 submits from 4 threads: every callback fires once, seqs are 0..4999, verify ok."""
     results = Results()
 
@@ -121,7 +141,7 @@ def test_group_commit_from_four_threads(store: SqliteStore) -> None:
     assert store.verify().ok
 
 
-def test_a_failing_record_fails_alone(store: SqliteStore) -> None:
+def test_a_failing_record_fails_alone(store: Store) -> None:
     """A record that cannot be stored gets its own exception; the rest of its group commits."""
     gate, results = hold_writer(store), Results()
     store.submit(make_record(1), results)
@@ -135,7 +155,7 @@ def test_a_failing_record_fails_alone(store: SqliteStore) -> None:
     assert store.ledger_size() == 3 and store.verify().ok
 
 
-def test_a_raising_callback_does_not_stop_the_writer(store: SqliteStore) -> None:
+def test_a_raising_callback_does_not_stop_the_writer(store: Store) -> None:
     """A callback that raises is logged; later appends still commit."""
 
     def boom(result: AppendResult | BaseException) -> None:
@@ -145,7 +165,7 @@ def test_a_raising_callback_does_not_stop_the_writer(store: SqliteStore) -> None
     assert store.append([make_record(2)])[0].seq == 1
 
 
-def test_append_from_inside_a_callback(store: SqliteStore) -> None:
+def test_append_from_inside_a_callback(store: Store) -> None:
     """A callback may append synchronously (it runs on the writer thread) without deadlock."""
     done: list[AppendResult] = []
     store.submit(make_record(1), lambda r: done.extend(store.append([make_record(2)])))
@@ -154,13 +174,14 @@ def test_append_from_inside_a_callback(store: SqliteStore) -> None:
 
 
 # durability and the schema -----------------------------------------------------
-def test_appends_survive_close_and_reopen(tmp_path: Path) -> None:
+def test_appends_survive_close_and_reopen(open_any: Callable[[], Store]) -> None:
     """Appended and submitted records are there after reopening, and the chain continues."""
-    path = tmp_path / "im.db"
-    with SqliteStore(path) as first:
-        first.append([make_record(i) for i in range(3)])
-        first.submit(make_record(3), lambda r: None)
-    with SqliteStore(path) as again:
+    first = open_any()
+    first.append([make_record(i) for i in range(3)])
+    first.submit(make_record(3), lambda r: None)
+    first.close()
+    again = open_any()
+    with closing(again):
         assert again.ledger_size() == 4 and again.get_record("rec_t000003") == make_record(3)
         assert again.append([make_record(4)])[0].seq == 4
         report = again.verify()
@@ -194,8 +215,9 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         SqliteStore(":memory:")
 
 
-def test_the_ledger_refuses_update_and_delete(store: SqliteStore) -> None:
+def test_the_ledger_refuses_update_and_delete(sqlite_store: SqliteStore) -> None:
     """UPDATE and DELETE on ledger rows raise: the table is append-only."""
+    store = sqlite_store
     store.append([make_record(1)])
     db = sqlite3.connect(store.path)
     for sql in ("UPDATE ledger SET cost = '0'", "DELETE FROM ledger"):
@@ -205,9 +227,9 @@ def test_the_ledger_refuses_update_and_delete(store: SqliteStore) -> None:
     assert store.verify().ok
 
 
-def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
+def test_a_closed_store_refuses_writes(open_any: Callable[[], Store]) -> None:
     """After close, submit raises Unavailable; flush and close return at once."""
-    store = SqliteStore(tmp_path / "im.db")
+    store = open_any()
     store.close()
     with pytest.raises(Unavailable, match="closed"):
         store.submit(make_record(1), lambda r: None)
@@ -216,7 +238,7 @@ def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
 
 
 # queries ---------------------------------------------------------------------
-def test_tenant_queries_never_see_another_tenant(store: SqliteStore) -> None:
+def test_tenant_queries_never_see_another_tenant(store: Store) -> None:
     """list_records, usage_summary and spent for tenant A return only A's entries."""
     store.append([make_record(i, tenant_id="ten_a" if i % 2 else "ten_b") for i in range(10)])
     a_records = [r for _, r in store.list_records("ten_a", limit=100)]
@@ -229,7 +251,7 @@ def test_tenant_queries_never_see_another_tenant(store: SqliteStore) -> None:
     assert got is not None and got.tenant_id == "ten_b"  # callers compare it to the caller's
 
 
-def test_list_records_pages_filters_and_hides_warmup(store: SqliteStore) -> None:
+def test_list_records_pages_filters_and_hides_warmup(store: Store) -> None:
     """Pages by after_seq and limit, filters by event time [start, end), warmup only on request."""
     records = [make_record(i) for i in range(6)]
     records.append(make_record(6, tenant_id="ten_a", warmup=True, cost=Decimal(0)))
@@ -246,7 +268,7 @@ def test_list_records_pages_filters_and_hides_warmup(store: SqliteStore) -> None
         store.list_records("ten_a", start=datetime(2026, 1, 1))
 
 
-def test_usage_summary_groups_by_day_model_and_tier(store: SqliteStore) -> None:
+def test_usage_summary_groups_by_day_model_and_tier(store: Store) -> None:
     """Each grouping sums tokens, device time, RU and cost per key; bad keys are refused."""
     flex = {"service_tier": ServiceTier.FLEX, "model": "other"}
     records = [make_record(i, **(flex if i % 3 == 0 else {})) for i in range(9)]
@@ -266,18 +288,19 @@ def test_usage_summary_groups_by_day_model_and_tier(store: SqliteStore) -> None:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.decimals(min_value=-1000, max_value=10**9, places=12, allow_nan=False),
                 min_size=1, max_size=30))  # fmt: skip
-def test_money_sums_are_exact(tmp_path_factory: pytest.TempPathFactory, costs: list[Decimal]) -> None:
+def test_money_sums_are_exact(store: Store, costs: list[Decimal]) -> None:
     """usage_summary and spent equal the exact Decimal sum of the records' costs."""
-    path = tmp_path_factory.mktemp("money") / "im.db"
-    with SqliteStore(path) as store:
-        store.append([make_record(i, cost=c) for i, c in enumerate(costs)])
-        expected = sum(costs, Decimal(0))
-        assert store.spent("ten_a") == expected
-        assert sum((row.cost for row in store.usage_summary("ten_a", "day")), Decimal(0)) == expected
+    run = uuid.uuid4().hex[:12]  # one store for every example: a tenant of its own each
+    tenant = f"ten_{run}"
+    store.append([make_record(i, cost=c, tenant_id=tenant, request_id=f"req_{run}_{i}",
+                              record_id=f"rec_{run}_{i}") for i, c in enumerate(costs)])  # fmt: skip
+    expected = sum(costs, Decimal(0))
+    assert store.spent(tenant) == expected
+    assert sum((row.cost for row in store.usage_summary(tenant, "day")), Decimal(0)) == expected
 
 
 # tenants and keys ------------------------------------------------------------
-def test_tenants_are_created_found_and_budgeted(store: SqliteStore) -> None:
+def test_tenants_are_created_found_and_budgeted(store: Store) -> None:
     """A tenant is found by id or name; names are unique; budgets are exact and never floats."""
     acme = store.create_tenant("acme", Decimal("100.50"))
     assert store.get_tenant(acme.tenant_id) == acme == store.find_tenant("acme")
@@ -294,15 +317,16 @@ def test_tenants_are_created_found_and_budgeted(store: SqliteStore) -> None:
         store.set_budget("ten_missing", None)
 
 
-def test_keys_are_stored_hashed_and_can_be_revoked(store: SqliteStore) -> None:
+def test_keys_are_stored_hashed_and_can_be_revoked(store: Store) -> None:
     """A key's secret is shown once, stored as SHA-256 only, looked up by secret, revocable."""
     tenant = store.create_tenant("acme")
     key, secret = store.create_key(tenant.tenant_id)
     assert secret.startswith("im-") and len(secret) == 43 and key.prefix == secret[:8]
     assert store.lookup_key(secret) == key and store.lookup_key(secret + "x") is None
-    with open(store.path, "rb") as f:
-        assert secret.encode() not in f.read()
-    assert secret not in str(list(sqlite3.connect(store.path).execute("SELECT * FROM api_keys")))
+    if isinstance(store, SqliteStore):
+        with open(store.path, "rb") as f:
+            assert secret.encode() not in f.read()
+    assert secret not in stored_key_rows(store)
     admin, admin_secret = store.create_key(None, admin=True)
     assert admin.admin and admin.tenant_id is None and store.lookup_key(admin_secret) == admin
     assert store.list_keys(tenant.tenant_id) == [key] and len(store.list_keys()) == 2
@@ -317,7 +341,7 @@ def test_keys_are_stored_hashed_and_can_be_revoked(store: SqliteStore) -> None:
         store.revoke_key("key_missing")
 
 
-def test_records_read_back_equal_what_was_appended(store: SqliteStore) -> None:
+def test_records_read_back_equal_what_was_appended(store: Store) -> None:
     """get_record and get_by_request return the stored record exactly."""
     record: UsageRecord = make_record(4, reason="x", corrects="rec_t000001", energy_mj=12)
     store.append([record])

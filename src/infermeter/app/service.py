@@ -17,7 +17,6 @@ from infermeter.billing.log_publisher import LogPublisher, parse_witnesses
 from infermeter.billing.pricing import DEFAULT_PLAN, PricePlan
 from infermeter.billing.public_log import PublicLog
 from infermeter.billing.signing import LedgerKeys
-from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.billing.store import Store
 from infermeter.config import Settings
 from infermeter.core.timing import NullTimer
@@ -35,6 +34,7 @@ from infermeter.runtime.scheduler import SchedulerConfig
 from infermeter.runtime.worker import Worker
 
 from .pipeline import MeteringPipeline
+from .stores import make_checkpoint_log, make_store
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,11 @@ class Service:
     ) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
-        self.store: Store = store or SqliteStore(settings.db_path, synchronous=settings.synchronous)
+        self.store: Store = store or make_store(settings)
         self.metrics = Metrics()
         # The verifiable log: the signing key is made here on first start (billing.signing).
-        self.checkpoints = CheckpointLog(
-            getattr(self.store, "path", settings.db_path), LedgerKeys(settings.home / "keys")
+        self.checkpoints: CheckpointLog = make_checkpoint_log(
+            settings, LedgerKeys(settings.home / "keys"), self.store
         )
         self._checkpointer: CheckpointScheduler | None = None
         # The public C2SP log over the same entries: signed at most once a second while it grows.

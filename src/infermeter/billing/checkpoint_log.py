@@ -1,4 +1,6 @@
-"""The verifiable log over the SQLite ledger: checkpoints made, stored and proved against.
+"""The verifiable log over the ledger: checkpoints made, stored and proved against.
+
+The database side is a ``LogDb``: ``SqliteLogDb`` here, ``pg_checkpoints.PgLogDb`` for PostgreSQL.
 
 ``CheckpointLog`` keeps the ledger's Merkle tree in memory (``TreeCache``), extends it from
 the database as the ledger grows, signs checkpoints (``billing.checkpoints``) with the
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from infermeter.billing.checkpoints import Checkpoint, CheckpointReport, sign_checkpoint, verify_checkpoints
 from infermeter.billing.ledger import leaf_hash
@@ -49,67 +52,175 @@ class LedgerEntry:
     payload: str
 
 
+LeafRow = tuple[int, str, str, str]  # seq, record_id, payload, stored leaf hash (hex)
+
+
+class LogDb(Protocol):
+    """What ``CheckpointLog`` needs from a database: SQLite here, PostgreSQL in ``pg_checkpoints``."""
+
+    origin: str
+
+    def scan_tail(self, start: int, on_rows: Callable[[list[LeafRow]], None]) -> int:
+        """In one snapshot: the head's size, and every entry from ``start`` below it, in chunks."""
+        ...
+
+    def scan_all(self, on_payloads: Callable[[list[str]], None]) -> list[Checkpoint]:
+        """In one snapshot: every payload in seq order, in chunks; then every checkpoint by number."""
+        ...
+
+    def insert(self, cp: Checkpoint) -> int:
+        """Store a signed checkpoint; return the number it got."""
+        ...
+
+    def latest(self) -> Checkpoint | None: ...
+
+    def at_size(self, tree_size: int) -> Checkpoint | None: ...
+
+    def page(self, after: int, limit: int) -> list[Checkpoint]: ...
+
+    def entry(self, record_or_request_id: str) -> LedgerEntry | None: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteLogDb:
+    """``LogDb`` on the SQLite store's file, with its own connection."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        migrate(self._conn)
+        self.origin: str = self._conn.execute("SELECT origin FROM ledger_log WHERE id = 0").fetchone()[0]
+
+    def scan_tail(self, start: int, on_rows: Callable[[list[LeafRow]], None]) -> int:
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            (size,) = conn.execute("SELECT size FROM ledger_head WHERE id = 0").fetchone()
+            cursor = conn.execute(
+                "SELECT seq, record_id, payload, leaf_hash FROM ledger WHERE seq >= ? AND seq < ? "
+                "ORDER BY seq",
+                (start, size),
+            )
+            while rows := cursor.fetchmany(_CHUNK):
+                on_rows(rows)
+            return int(size)
+        finally:
+            conn.execute("COMMIT")
+
+    def scan_all(self, on_payloads: Callable[[list[str]], None]) -> list[Checkpoint]:
+        self._conn.execute("BEGIN")
+        try:
+            cursor = self._conn.execute("SELECT payload FROM ledger ORDER BY seq")
+            while rows := cursor.fetchmany(_CHUNK):
+                on_payloads([p for (p,) in rows])
+            return [
+                Checkpoint(*r)
+                for r in self._conn.execute(f"SELECT {_CP_COLS} FROM checkpoints ORDER BY number")
+            ]
+        finally:
+            self._conn.execute("COMMIT")
+
+    def insert(self, cp: Checkpoint) -> int:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self._conn.execute(
+                "INSERT INTO checkpoints (origin, tree_size, root_hash, timestamp, key_id, signature) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                _fields(cp),
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        number = cursor.lastrowid
+        assert number is not None
+        return number
+
+    def latest(self) -> Checkpoint | None:
+        return self._one(f"SELECT {_CP_COLS} FROM checkpoints ORDER BY tree_size DESC, number DESC LIMIT 1")
+
+    def at_size(self, tree_size: int) -> Checkpoint | None:
+        return self._one(
+            f"SELECT {_CP_COLS} FROM checkpoints WHERE tree_size = ? ORDER BY number DESC LIMIT 1", tree_size
+        )
+
+    def page(self, after: int, limit: int) -> list[Checkpoint]:
+        rows = self._conn.execute(
+            f"SELECT {_CP_COLS} FROM checkpoints WHERE number > ? ORDER BY number LIMIT ?", (after, limit)
+        ).fetchall()
+        return [Checkpoint(*r) for r in rows]
+
+    def _one(self, sql: str, *args: object) -> Checkpoint | None:
+        row = self._conn.execute(sql, args).fetchone()
+        return None if row is None else Checkpoint(*row)
+
+    def entry(self, record_or_request_id: str) -> LedgerEntry | None:
+        row = self._conn.execute(
+            "SELECT seq, record_id, tenant_id, payload FROM ledger WHERE record_id = ? "
+            "UNION ALL SELECT seq, record_id, tenant_id, payload FROM ledger WHERE request_id = ? "
+            "LIMIT 1",
+            (record_or_request_id, record_or_request_id),
+        ).fetchone()
+        return None if row is None else LedgerEntry(*row)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class CheckpointLog:
-    """Checkpoints and proofs over one SQLite ledger. Thread-safe; ``close`` when done."""
+    """Checkpoints and proofs over one ledger. Thread-safe; ``close`` when done.
+
+    ``db`` is the SQLite store's file, or a ``LogDb`` (e.g. ``pg_checkpoints.PgLogDb``).
+    """
 
     def __init__(
         self,
-        db_path: Path | str,
+        db: Path | str | LogDb,
         keys: LedgerKeys,
         *,
         clock: Callable[[], datetime] = utc_now,
         tile: int = 16,
     ) -> None:
-        self.path = Path(db_path)
+        self.db: LogDb = SqliteLogDb(Path(db)) if isinstance(db, str | Path) else db
         self.keys = keys
         self._clock = clock
         self._lock = threading.RLock()
         self._cache = TreeCache(tile)
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        migrate(self._conn)
-        self.origin: str = self._conn.execute("SELECT origin FROM ledger_log WHERE id = 0").fetchone()[0]
+        self.origin: str = self.db.origin
 
     # the tree ------------------------------------------------------------------------------
     def sync(self) -> int:
         """Extend the tree with entries committed since the last call; return its size."""
         with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN")
-            try:
-                (size,) = conn.execute("SELECT size FROM ledger_head WHERE id = 0").fetchone()
-                start = self._cache.size
-                cursor = conn.execute(
-                    "SELECT seq, record_id, payload, leaf_hash FROM ledger WHERE seq >= ? AND seq < ? "
-                    "ORDER BY seq",
-                    (start, size),
+            expected = self._cache.size
+
+            def take(rows: list[LeafRow]) -> None:
+                nonlocal expected
+                leaves: list[bytes] = []
+                for seq, record_id, payload, stored in rows:
+                    leaf = leaf_hash(payload.encode())
+                    if seq != expected or leaf.hex() != stored:
+                        why = (
+                            f"is missing (the next row is {seq})"
+                            if seq != expected
+                            else "has a payload that does not match its stored leaf hash"
+                        )
+                        raise LedgerIntegrityError(
+                            f"ledger entry {expected} ({record_id}) {why}; no checkpoint will be "
+                            "signed over it: run `infermeter ledger verify`",
+                            seq=expected,
+                        )
+                    leaves.append(leaf)
+                    expected += 1
+                self._cache.extend(leaves)
+
+            size = self.db.scan_tail(self._cache.size, take)
+            if expected != size:
+                raise LedgerIntegrityError(
+                    f"the ledger head records {size} entries but entries {expected}..{size - 1} are "
+                    "missing; run `infermeter ledger verify`",
+                    seq=expected,
                 )
-                expected = start
-                while rows := cursor.fetchmany(_CHUNK):
-                    leaves: list[bytes] = []
-                    for seq, record_id, payload, stored in rows:
-                        leaf = leaf_hash(payload.encode())
-                        if seq != expected or leaf.hex() != stored:
-                            why = (
-                                f"is missing (the next row is {seq})"
-                                if seq != expected
-                                else "has a payload that does not match its stored leaf hash"
-                            )
-                            raise LedgerIntegrityError(
-                                f"ledger entry {expected} ({record_id}) {why}; no checkpoint will be "
-                                "signed over it: run `infermeter ledger verify`",
-                                seq=expected,
-                            )
-                        leaves.append(leaf)
-                        expected += 1
-                    self._cache.extend(leaves)
-                if expected != size:
-                    raise LedgerIntegrityError(
-                        f"the ledger head records {size} entries but entries {expected}..{size - 1} are "
-                        "missing; run `infermeter ledger verify`",
-                        seq=expected,
-                    )
-            finally:
-                conn.execute("COMMIT")
             return self._cache.size
 
     def root(self, size: int) -> bytes:
@@ -165,19 +276,7 @@ class CheckpointLog:
                 if latest.tree_size == size and latest.key_id == key_id:
                     return latest, False
             cp = sign_checkpoint(key_id, key, self.origin, size, self._cache.root(size), self._clock())
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = self._conn.execute(
-                    "INSERT INTO checkpoints (origin, tree_size, root_hash, timestamp, key_id, signature) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (cp.origin, cp.tree_size, cp.root_hash, cp.timestamp, cp.key_id, cp.signature),
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            number = cursor.lastrowid
-            assert number is not None
+            number = self.db.insert(cp)
             log.info("checkpoint %d: %d entries, root %s, key %s", number, size, cp.root_hash, key_id)
             return Checkpoint(number, *_fields(cp)), True
 
@@ -190,60 +289,38 @@ class CheckpointLog:
 
     def latest(self) -> Checkpoint | None:
         """The checkpoint of the largest tree (the newest of those)."""
-        return self._one(f"SELECT {_CP_COLS} FROM checkpoints ORDER BY tree_size DESC, number DESC LIMIT 1")
+        with self._lock:
+            return self.db.latest()
 
     def at_size(self, tree_size: int) -> Checkpoint | None:
         """The newest checkpoint of exactly ``tree_size`` entries."""
-        return self._one(
-            f"SELECT {_CP_COLS} FROM checkpoints WHERE tree_size = ? ORDER BY number DESC LIMIT 1", tree_size
-        )
+        with self._lock:
+            return self.db.at_size(tree_size)
 
     def page(self, *, after: int = 0, limit: int = 100) -> list[Checkpoint]:
         """Checkpoints in the order they were made, numbered after ``after``."""
         with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {_CP_COLS} FROM checkpoints WHERE number > ? ORDER BY number LIMIT ?", (after, limit)
-            ).fetchall()
-        return [Checkpoint(*r) for r in rows]
-
-    def _one(self, sql: str, *args: object) -> Checkpoint | None:
-        with self._lock:
-            row = self._conn.execute(sql, args).fetchone()
-        return None if row is None else Checkpoint(*row)
+            return self.db.page(after, limit)
 
     # entries -------------------------------------------------------------------------------
     def entry(self, record_or_request_id: str) -> LedgerEntry | None:
         """The entry of a record id (or request id), as stored."""
         with self._lock:
-            row = self._conn.execute(
-                "SELECT seq, record_id, tenant_id, payload FROM ledger WHERE record_id = ? "
-                "UNION ALL SELECT seq, record_id, tenant_id, payload FROM ledger WHERE request_id = ? "
-                "LIMIT 1",
-                (record_or_request_id, record_or_request_id),
-            ).fetchone()
-        return None if row is None else LedgerEntry(*row)
+            return self.db.entry(record_or_request_id)
 
     # verification --------------------------------------------------------------------------
     def verify(self) -> CheckpointReport:
         """Every stored checkpoint against a tree rebuilt from the payloads (not the cache)."""
         with self._lock:
             tree = TreeCache(self._cache.tile)
-            self._conn.execute("BEGIN")
-            try:
-                cursor = self._conn.execute("SELECT payload FROM ledger ORDER BY seq")
-                while rows := cursor.fetchmany(_CHUNK):
-                    tree.extend(leaf_hash(p.encode()) for (p,) in rows)
-                checkpoints = [
-                    Checkpoint(*r)
-                    for r in self._conn.execute(f"SELECT {_CP_COLS} FROM checkpoints ORDER BY number")
-                ]
-            finally:
-                self._conn.execute("COMMIT")
+            checkpoints = self.db.scan_all(
+                lambda payloads: tree.extend(leaf_hash(p.encode()) for p in payloads)
+            )
         return verify_checkpoints(checkpoints, tree.size, tree.root, self.keys.public_keys(), self.origin)
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self.db.close()
 
 
 def _fields(cp: Checkpoint) -> tuple[str, int, str, str, str, str]:
@@ -288,4 +365,4 @@ class CheckpointScheduler:
             self._tick()
 
 
-__all__ = ["CheckpointLog", "CheckpointScheduler", "LedgerEntry"]
+__all__ = ["CheckpointLog", "CheckpointScheduler", "LedgerEntry", "LogDb", "SqliteLogDb"]

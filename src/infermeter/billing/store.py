@@ -1,6 +1,6 @@
 """The store protocol: tenants, API keys, budgets and the append-only usage ledger.
 
-SQLite (``billing.sqlite_store``) is the embedded default; PostgreSQL comes later behind the
+SQLite (``billing.sqlite_store``) is the embedded default; PostgreSQL (``billing.pg_store``) is behind the
 same protocol. Every method is safe to call from any thread.
 """
 

@@ -12,8 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infermeter.billing.invoices import build_invoice, invoice_to_csv, invoice_to_json, period_bounds
-from infermeter.billing.sqlite_store import SqliteStore
-from infermeter.billing.store import Tenant
+from infermeter.billing.store import Store, Tenant
 from infermeter.config import Settings, load_settings
 from infermeter.core.errors import InvalidRequest, NotFound
 from infermeter.core.money import format_decimal
@@ -22,12 +21,13 @@ out = Console(highlight=False, width=160)
 
 
 def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
-    return load_settings({"home": args.home, **extra})
+    return load_settings({"home": args.home, "db": getattr(args, "db", None), **extra})
 
 
-def open_store(settings: Settings) -> SqliteStore:
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return SqliteStore(settings.db_path, synchronous=settings.synchronous)
+def open_store(settings: Settings) -> Store:
+    from infermeter.app.stores import make_store
+
+    return make_store(settings)
 
 
 def _budget(text: str | None) -> Decimal | None:
@@ -42,7 +42,7 @@ def _budget(text: str | None) -> Decimal | None:
     return value
 
 
-def _tenant(store: SqliteStore, name: str) -> Tenant:
+def _tenant(store: Store, name: str) -> Tenant:
     tenant = store.find_tenant(name)
     if tenant is None:
         raise NotFound(f"no tenant named or with id {name!r}; list them with `infermeter tenants list`")
@@ -67,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "intra_op_threads": args.threads,
         "log_level": args.log_level,
         "model_dir": args.model_dir,
+        "queue": args.queue,
     }
     if args.no_int8:
         overrides["int8"] = False
@@ -298,6 +299,9 @@ def register(sub: Any) -> None:
         help="also serve this model directory (Optimum export: model.onnx, config.json, tokenizer.json)",
     )
     p.add_argument("--log-level", dest="log_level")
+    p.add_argument(
+        "--queue", help="cluster mode: bill through the NATS usage stream (needs --db postgresql://…)"
+    )
     p.set_defaults(handler=cmd_serve)
 
     tenants = sub.add_parser("tenants", help="create and list tenants").add_subparsers(

@@ -36,8 +36,10 @@ def _keys(settings: Settings, *, create: bool = True) -> LedgerKeys:
 
 
 def _open_log(settings: Settings, *, create_key: bool = True) -> CheckpointLog:
+    from infermeter.app.stores import make_checkpoint_log
+
     open_store(settings).close()  # makes (and migrates) the database the way the server does
-    return CheckpointLog(settings.db_path, _keys(settings, create=create_key))
+    return make_checkpoint_log(settings, _keys(settings, create=create_key))
 
 
 # ledger verify ------------------------------------------------------------------------------
@@ -62,7 +64,9 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
     finally:
         store.close()
     try:
-        log = CheckpointLog(settings.db_path, _keys(settings, create=False))
+        from infermeter.app.stores import make_checkpoint_log
+
+        log = make_checkpoint_log(settings, _keys(settings, create=False))
         try:
             cps = log.verify()
         finally:

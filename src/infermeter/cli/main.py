@@ -14,10 +14,10 @@ from rich.console import Console
 
 from infermeter.core import errors as e
 
-from . import calibrate, commands, engines, ledger, tlog
+from . import calibrate, commands, engines, ledger, scaleout, tlog
 
 # Each module adds its subcommands with ``register(subparsers)``; add new areas here.
-COMMAND_MODULES = [commands, ledger, calibrate, engines, tlog]
+COMMAND_MODULES = [commands, ledger, calibrate, engines, scaleout, tlog]
 
 EXIT_CODES: list[tuple[type[e.InfermeterError], int]] = [
     (e.LedgerIntegrityError, 1),
@@ -34,10 +34,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve LLMs and bill every request by the device resources it really used.",
     )
     parser.add_argument("--home", help="data directory (env INFERMETER_HOME; default ./.infermeter)")
+    parser.add_argument(
+        "--db",
+        help="billing database URL, postgresql://… (env INFERMETER_DB; default the SQLite file in home)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    _db_everywhere(parser)
     return parser
+
+
+def _db_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Let every command take ``--db`` after its name too (``infermeter serve --db URL``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _db_everywhere(child)
+                if not any("--db" in a.option_strings for a in child._actions):
+                    child.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,118 @@
+"""Cluster mode's store: reads and admin writes on PostgreSQL, the request path via an outbox.
+
+``submit`` (every finished request) commits the record to the worker's local outbox and
+calls back once it is on disk, so a response never waits for NATS or PostgreSQL; the relay
+carries it to the stream and the ingester into the ledger. Everything else — tenants, keys,
+reads, and ``append`` (warm-up records, corrections: rare, and their callers need the ledger
+position back) — goes straight to PostgreSQL. A submitted record is readable (usage,
+invoices, receipts) once it has been ingested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+from infermeter.billing.outbox import Outbox
+from infermeter.billing.pg_store import PgStore
+from infermeter.billing.relay import Relay
+from infermeter.billing.store import ApiKey, AppendCallback, AppendResult, Tenant, UsageRow, VerifyReport
+from infermeter.core.records import UsageRecord
+
+
+class QueuedStore:
+    """``Store`` for a worker: ``PgStore`` + ``Outbox`` + ``Relay`` (started here)."""
+
+    def __init__(self, db_url: str, queue_url: str, outbox_path: Path, worker: str) -> None:
+        self.pg = PgStore(db_url)
+        self.url = db_url
+        self.outbox = Outbox(outbox_path)
+        self.relay = Relay(self.outbox, queue_url, self.pg.has_records, worker)
+        self.relay.start()
+
+    # the request path -----------------------------------------------------------------
+    def submit(self, record: UsageRecord, callback: AppendCallback) -> None:
+        self.outbox.submit(record, callback)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.outbox.flush(timeout)
+        self.pg.flush(timeout)
+
+    def outbox_depth(self) -> int:
+        return self.outbox.depth()
+
+    # straight to PostgreSQL --------------------------------------------------------------
+    def append(self, records: Sequence[UsageRecord]) -> list[AppendResult]:
+        return self.pg.append(records)
+
+    def create_tenant(self, name: str, budget: Decimal | None = None) -> Tenant:
+        return self.pg.create_tenant(name, budget)
+
+    def get_tenant(self, tenant_id: str) -> Tenant | None:
+        return self.pg.get_tenant(tenant_id)
+
+    def find_tenant(self, name_or_id: str) -> Tenant | None:
+        return self.pg.find_tenant(name_or_id)
+
+    def list_tenants(self) -> list[Tenant]:
+        return self.pg.list_tenants()
+
+    def set_budget(self, tenant_id: str, budget: Decimal | None) -> Tenant:
+        return self.pg.set_budget(tenant_id, budget)
+
+    def create_key(self, tenant_id: str | None, *, admin: bool = False) -> tuple[ApiKey, str]:
+        return self.pg.create_key(tenant_id, admin=admin)
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        return self.pg.revoke_key(key_id)
+
+    def lookup_key(self, secret: str) -> ApiKey | None:
+        return self.pg.lookup_key(secret)
+
+    def list_keys(self, tenant_id: str | None = None) -> list[ApiKey]:
+        return self.pg.list_keys(tenant_id)
+
+    def get_record(self, record_id: str) -> UsageRecord | None:
+        return self.pg.get_record(record_id)
+
+    def get_by_request(self, request_id: str) -> UsageRecord | None:
+        return self.pg.get_by_request(request_id)
+
+    def list_records(
+        self,
+        tenant_id: str | None,
+        *,
+        limit: int = 50,
+        after_seq: int | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        include_warmup: bool = False,
+    ) -> list[tuple[int, UsageRecord]]:
+        return self.pg.list_records(
+            tenant_id, limit=limit, after_seq=after_seq, start=start, end=end, include_warmup=include_warmup
+        )
+
+    def usage_summary(
+        self, tenant_id: str | None, group_by: str, start: datetime | None = None, end: datetime | None = None
+    ) -> list[UsageRow]:
+        return self.pg.usage_summary(tenant_id, group_by, start, end)
+
+    def spent(self, tenant_id: str) -> Decimal:
+        return self.pg.spent(tenant_id)
+
+    def ledger_size(self) -> int:
+        return self.pg.ledger_size()
+
+    def verify(self) -> VerifyReport:
+        return self.pg.verify()
+
+    def close(self) -> None:
+        """Commit the outbox, stop the relay (unrelayed rows stay on disk), close PostgreSQL."""
+        self.outbox.close()
+        self.relay.stop()
+        self.pg.close()
+
+
+__all__ = ["QueuedStore"]
