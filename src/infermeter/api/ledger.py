@@ -44,13 +44,12 @@ def ledger_key(request: Request) -> dict[str, Any]:
     """The log's public keys: verify receipts and checkpoints offline with these."""
     log = _log(request)
     public = request.app.state.service.public_log
-    return {
-        **key_document(log.keys.list()),
-        "origin": log.origin,
+    doc: dict[str, Any] = {**key_document(log.keys.list()), "origin": log.origin}
+    if public is not None:
         # C2SP signed-note verifier keys (name+id+base64) for /log/checkpoint and .tlog-proof receipts
-        "verifier_key": public.active_verifier_key().text(),
-        "verifier_keys": [k.text() for k in public.verifier_keys()],
-    }
+        doc["verifier_key"] = public.active_verifier_key().text()
+        doc["verifier_keys"] = [k.text() for k in public.verifier_keys()]
+    return doc
 
 
 @router.get("/v1/ledger/checkpoints")
@@ -123,7 +122,10 @@ def receipt(
     if entry is None or (not key.admin and entry.tenant_id != key.tenant_id):
         raise NotFound(f"no usage record {record_id!r} for this tenant; list yours at /v1/usage/records")
     if format == "tlog-proof" or (format is None and "tlog-proof" in request.headers.get("accept", "")):
-        text = tlog_receipt(request.app.state.service.log_publisher, entry.seq, entry.payload)
+        publisher = request.app.state.service.log_publisher
+        if publisher is None:
+            raise NotFound("tlog-proof receipts need the public C2SP log, served with the SQLite store only")
+        text = tlog_receipt(publisher, entry.seq, entry.payload)
         disposition = f'attachment; filename="{entry.record_id}.tlog-proof"'
         return Response(text, media_type=TLOG_PROOF_TYPE, headers={"Content-Disposition": disposition})
     cp = log.covering(entry.seq)

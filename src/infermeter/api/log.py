@@ -25,7 +25,12 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 def _publisher(request: Request) -> LogPublisher:
-    publisher: LogPublisher = request.app.state.service.log_publisher
+    publisher: LogPublisher | None = request.app.state.service.log_publisher
+    if publisher is None:
+        raise NotFound(
+            "this server has no public C2SP log: it is served with the embedded SQLite store only "
+            "(the PostgreSQL store has none yet); use /v1/ledger/checkpoints and /v1/receipts"
+        )
     return publisher
 
 

@@ -34,7 +34,7 @@ from infermeter.runtime.scheduler import SchedulerConfig
 from infermeter.runtime.worker import Worker
 
 from .pipeline import MeteringPipeline
-from .stores import make_checkpoint_log, make_store
+from .stores import make_checkpoint_log, make_store, uses_postgres
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,12 @@ class Service:
         )
         self._checkpointer: CheckpointScheduler | None = None
         # The public C2SP log over the same entries: signed at most once a second while it grows.
-        self.public_log = PublicLog(self.checkpoints.path, self.checkpoints.keys)
-        self.log_publisher = LogPublisher(self.public_log, parse_witnesses(settings.witnesses))
+        # (embedded SQLite store only, for now: the PostgreSQL store has no public log yet)
+        self.public_log: PublicLog | None = None
+        self.log_publisher: LogPublisher | None = None
+        if not uses_postgres(settings):
+            self.public_log = PublicLog(getattr(self.store, "path", settings.db_path), self.checkpoints.keys)
+            self.log_publisher = LogPublisher(self.public_log, parse_witnesses(settings.witnesses))
         limit_default = Decimal(settings.default_budget) if settings.default_budget else None
         self.budgets = Budgets(spent_of=self.store.spent, limit_of=self._limit_of)
         self._limit_default = limit_default
@@ -155,7 +159,8 @@ class Service:
         if self.settings.checkpoint_interval_s > 0:
             self._checkpointer = CheckpointScheduler(self.checkpoints, self.settings.checkpoint_interval_s)
             self._checkpointer.start()
-        self.log_publisher.start()  # its first tick signs entries no checkpoint covers yet
+        if self.log_publisher is not None:
+            self.log_publisher.start()  # its first tick signs entries no checkpoint covers yet
         self.started = True
         log.info("serving %s", ", ".join(e.engine_id for e in self.engine_infos()))
 
@@ -170,9 +175,10 @@ class Service:
         if self._checkpointer is not None:
             self._checkpointer.stop(final=True)  # sign what this run appended
             self._checkpointer = None
-        if self.started:
+        if self.started and self.log_publisher is not None:
             self.log_publisher.stop(final=True)
-        self.public_log.close()
+        if self.public_log is not None:
+            self.public_log.close()
         self.checkpoints.close()
         for loaded in self._engines:
             loaded.engine.close()

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infermeter.core.errors import InvalidRequest, LedgerIntegrityError, NotFound
+from infermeter.core.errors import ConfigError, InvalidRequest, LedgerIntegrityError, NotFound
 
 from .commands import _emit_json, out, settings_from
 
@@ -98,6 +98,12 @@ def audit_public_log(args: argparse.Namespace) -> LogAudit:
     settings = settings_from(args)
     witnesses = read_vkeys(args.witness, "--witness")
     required = _required(args, witnesses)
+    if settings.db is not None:
+        from infermeter.billing.log_audit import LogAudit
+
+        if witnesses:
+            raise ConfigError("--witness needs the public C2SP log, which only the SQLite store has for now")
+        return LogAudit(True, 0, "public log: none (the PostgreSQL store has no C2SP log yet)")
     plog = PublicLog(settings.db_path, LedgerKeys(settings.home / "keys", create=False))
     try:
         tree, size = plog.rebuilt()
