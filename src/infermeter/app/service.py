@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from infermeter.billing.budgets import Budgets
-from infermeter.billing.checkpoint_log import CheckpointLog, CheckpointScheduler
+from infermeter.billing.checkpoint_log import CheckpointLog, CheckpointScheduler, Transact
 from infermeter.billing.pricing import DEFAULT_PLAN, PricePlan
 from infermeter.billing.signing import LedgerKeys
 from infermeter.billing.sqlite_store import SqliteStore
@@ -52,8 +52,9 @@ class Service:
         self.store: Store = store or SqliteStore(settings.db_path, synchronous=settings.synchronous)
         self.metrics = Metrics()
         # The verifiable log: the signing key is made here on first start (billing.signing).
+        db_path = getattr(self.store, "path", settings.db_path)
         self.checkpoints = CheckpointLog(
-            getattr(self.store, "path", settings.db_path), LedgerKeys(settings.home / "keys")
+            db_path, LedgerKeys(settings.home / "keys"), write=self._file_writer(db_path)
         )
         self._checkpointer: CheckpointScheduler | None = None
         limit_default = Decimal(settings.default_budget) if settings.default_budget else None
@@ -101,7 +102,7 @@ class Service:
         source = make_source(settings.sampler) if settings.metering else None
         if source is None:
             return None, None
-        ledger = WindowLedger(settings.db_path)
+        ledger = WindowLedger(settings.db_path, write=self._file_writer(settings.db_path))
         gpm = settings.sampler in ("nvml", "dcgm")  # GPM windows under 100 ms read false zeros
         sampler = WindowSampler(
             source,
@@ -111,6 +112,13 @@ class Service:
         )
         self.pipeline.step_sink = sampler.record_step
         return sampler, ledger
+
+    def _file_writer(self, path: Path) -> Transact | None:
+        """The store's writer, when the store is the SQLite file at ``path``: its one writer."""
+        store = self.store
+        if isinstance(store, SqliteStore) and Path(path).resolve() == store.path.resolve():
+            return store.write
+        return None
 
     def window_meters(self, request_id: str) -> WindowMeters | None:
         """A request's window-derived meters joined so far (None: no sampler, or no window)."""

@@ -10,6 +10,12 @@ Before a leaf enters the tree its payload is re-hashed and compared with the sto
 hash, and before a new checkpoint is signed the tree is checked against the newest stored
 one; either failing raises LedgerIntegrityError instead of signing over a changed ledger.
 
+Writes: a checkpoint row is inserted through ``write`` when one is given (the service passes
+``SqliteStore.write``, so the store's one writer thread and connection make every write to
+the file). Without one (the CLI, a process of its own) the log inserts on its own
+connection, and SQLite's busy timeout (30 s) bounds how long it waits for another
+process's writer, whose transactions last one group commit.
+
 Cost, for a ledger of 1M entries: the cache holds 32 MB of leaf hashes plus ~2 MB of tile
 roots; filling it at start reads every row once (seconds); after that a checkpoint, an
 inclusion proof or a consistency proof is a few hundred hashes (well under a millisecond).
@@ -24,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from infermeter.billing.checkpoints import Checkpoint, CheckpointReport, sign_checkpoint, verify_checkpoints
 from infermeter.billing.ledger import leaf_hash
@@ -34,6 +41,14 @@ from infermeter.core.errors import LedgerIntegrityError, NotFound
 from infermeter.core.records import utc_now
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Transact(Protocol):
+    """Runs ``fn(conn)`` in one write transaction and returns its result (``SqliteStore.write``)."""
+
+    def __call__(self, fn: Callable[[sqlite3.Connection], T], /) -> T: ...
+
 
 _CP_COLS = "number, origin, tree_size, root_hash, timestamp, key_id, signature"
 _CHUNK = 4096  # rows fetched per step while filling the cache
@@ -59,6 +74,7 @@ class CheckpointLog:
         *,
         clock: Callable[[], datetime] = utc_now,
         tile: int = 16,
+        write: Transact | None = None,
     ) -> None:
         self.path = Path(db_path)
         self.keys = keys
@@ -67,6 +83,7 @@ class CheckpointLog:
         self._cache = TreeCache(tile)
         self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         migrate(self._conn)
+        self._write: Transact = write if write is not None else self._own_transaction
         self.origin: str = self._conn.execute("SELECT origin FROM ledger_log WHERE id = 0").fetchone()[0]
 
     # the tree ------------------------------------------------------------------------------
@@ -165,19 +182,8 @@ class CheckpointLog:
                 if latest.tree_size == size and latest.key_id == key_id:
                     return latest, False
             cp = sign_checkpoint(key_id, key, self.origin, size, self._cache.root(size), self._clock())
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = self._conn.execute(
-                    "INSERT INTO checkpoints (origin, tree_size, root_hash, timestamp, key_id, signature) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (cp.origin, cp.tree_size, cp.root_hash, cp.timestamp, cp.key_id, cp.signature),
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            number = cursor.lastrowid
-            assert number is not None
+            row = (cp.origin, cp.tree_size, cp.root_hash, cp.timestamp, cp.key_id, cp.signature)
+            number = self._write(lambda conn: _insert_checkpoint(conn, row))
             log.info("checkpoint %d: %d entries, root %s, key %s", number, size, cp.root_hash, key_id)
             return Checkpoint(number, *_fields(cp)), True
 
@@ -245,6 +251,27 @@ class CheckpointLog:
         with self._lock:
             self._conn.close()
 
+    def _own_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """The write path without a store writer: one transaction on the log's own connection."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(self._conn)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        return result
+
+
+def _insert_checkpoint(conn: sqlite3.Connection, row: tuple[str, int, str, str, str, str]) -> int:
+    cursor = conn.execute(
+        "INSERT INTO checkpoints (origin, tree_size, root_hash, timestamp, key_id, signature) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        row,
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
 
 def _fields(cp: Checkpoint) -> tuple[str, int, str, str, str, str]:
     return cp.origin, cp.tree_size, cp.root_hash, cp.timestamp, cp.key_id, cp.signature
@@ -288,4 +315,4 @@ class CheckpointScheduler:
             self._tick()
 
 
-__all__ = ["CheckpointLog", "CheckpointScheduler", "LedgerEntry"]
+__all__ = ["CheckpointLog", "CheckpointScheduler", "LedgerEntry", "Transact"]
