@@ -6,7 +6,13 @@ of it in one ``BEGIN IMMEDIATE`` transaction, commits (the one fsync the group p
 only then runs the callbacks and wakes the waiters. A group that fails is retried item by
 item, so every callback gets its own result or its own exception and no record is lost
 silently. Idempotency is decided inside the transaction: repeats of a request id (or record
-id) already in the ledger, or earlier in the same group, return the first entry.
+id) already in the ledger, or earlier in the same group, return the first entry. A group
+is first inserted without looking its ids up (the unique indexes refuse a repeat); only if
+they do is it rolled back and appended again after a look-up, in a new transaction.
+
+Other writers of the same file (signed checkpoints, window meters) hand their transaction
+to this thread as a ``CALL`` (``SqliteStore.write``); it commits on its own, after the
+appends queued before it.
 """
 
 from __future__ import annotations
