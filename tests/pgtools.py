@@ -69,7 +69,8 @@ def checkpoint_log_for(store: object, keys: object, **kwargs: object) -> object:
 
     url = getattr(store, "url", None)
     if url is None:
-        return CheckpointLog(store.path, keys, **kwargs)  # type: ignore[attr-defined, arg-type]
+        # the SQLite store's one writer makes the log's writes, as in the service
+        return CheckpointLog(store.path, keys, write=store.write, **kwargs)  # type: ignore[attr-defined, arg-type]
     from infermeter.billing.pg_checkpoints import PgLogDb
 
     return CheckpointLog(PgLogDb(url), keys, **kwargs)  # type: ignore[arg-type]

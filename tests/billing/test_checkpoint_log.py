@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -20,6 +22,8 @@ from infermeter.core.errors import ConfigError, LedgerIntegrityError, NotFound
 from tests.pgtools import checkpoint_log_for, raw_edit, raw_query
 
 from .ledger_records import make_record
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -42,6 +46,45 @@ def test_a_checkpoint_signs_the_ledgers_merkle_root(store: Store, log: Checkpoin
     assert cp.root_hash == merkle_root(store.leaf_hashes()).hex()
     assert signature_problem(cp, log.keys.public_keys()) is None
     assert cp.origin == log.origin and log.origin.startswith("infermeter/")
+
+
+def test_checkpoints_are_inserted_by_the_stores_writer_thread(store: SqliteStore, tmp_path: Path) -> None:
+    """Given the store's writer, the log writes nothing itself: the checkpoint row comes from it."""
+    threads: list[str] = []
+
+    def write(fn: Callable[[sqlite3.Connection], T]) -> T:
+        def on_writer(conn: sqlite3.Connection) -> T:
+            threads.append(threading.current_thread().name)
+            return fn(conn)
+
+        return store.write(on_writer)
+
+    log = CheckpointLog(store.path, LedgerKeys(tmp_path / "keys"), write=write)
+    store.append([make_record(i) for i in range(3)])
+    cp, created = log.checkpoint()
+    log.close()
+    assert created and threads == ["infermeter-ledger-writer"]
+    assert log_latest(store.path) == (cp.number, 3)
+
+
+def test_a_log_without_a_store_writer_inserts_on_its_own_connection(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """The CLI's log (no store in its process) signs and stores checkpoints by itself."""
+    store.append([make_record(0)])
+    log = CheckpointLog(store.path, LedgerKeys(tmp_path / "keys"))
+    cp, created = log.checkpoint()
+    log.close()
+    assert created and log_latest(store.path) == (cp.number, 1)
+
+
+def log_latest(path: Path) -> tuple[int, int]:
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute("SELECT number, tree_size FROM checkpoints ORDER BY number DESC LIMIT 1").fetchone()
+    finally:
+        db.close()
+    return int(row[0]), int(row[1])
 
 
 def test_an_unchanged_ledger_gets_no_new_checkpoint_until_the_key_changes(

@@ -5,6 +5,7 @@ Tests taking ``store`` run on SQLite and on PostgreSQL (``any_store``); the rest
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 import uuid
@@ -115,6 +116,26 @@ def test_repeats_in_the_same_group_commit_return_the_first(store: Store) -> None
     assert [r.created for r in results.got] == [True, False, False]  # type: ignore[union-attr]
     assert {r.record.record_id for r in results.got} == {"rec_dup0"}  # type: ignore[union-attr]
     assert store.ledger_size() == 2 and store.verify().ok
+
+
+def test_a_group_mixing_new_and_stored_request_ids_appends_only_the_new(store: SqliteStore) -> None:
+    """A group where one request id is already stored: the new ones are appended, in order, once."""
+    first = store.append([make_record(2)])[0]
+    results = store.append([make_record(1), make_record(2, record_id="rec_again"), make_record(3)])
+    assert [r.created for r in results] == [True, False, True]
+    assert results[1] == dataclasses.replace(first, created=False)
+    assert [r.seq for r in results] == [1, 0, 2]
+    assert store.ledger_size() == 3 and store.verify().ok
+
+
+@pytest.mark.parametrize("n", [1, 17, 2048 + 37])
+def test_appends_of_any_size_store_every_entry_once_in_order(tmp_path: Path, n: int) -> None:
+    """Groups that fill a whole number of insert statements or leave a partial one all verify."""
+    with SqliteStore(tmp_path / "im.db") as store:
+        results = store.append([make_record(i) for i in range(n)])
+        assert [r.seq for r in results] == list(range(n)) and all(r.created for r in results)
+        assert store.ledger_size() == n and store.verify().ok
+        assert store.get_by_request(f"req_t{n - 1:06d}") == make_record(n - 1)
 
 
 # group commit ----------------------------------------------------------------

@@ -5,8 +5,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -21,6 +23,7 @@ from infermeter.runtime.worker import GenerationRequest
 from tests.conftest import fake_service
 
 MS = 1_000_000
+T = TypeVar("T")
 
 
 def windows(activity: float | None = 0.5) -> list[ClosedWindow]:
@@ -56,6 +59,28 @@ def test_meters_join_windows_by_request_exactly(tmp_path: Path) -> None:
     pool = ledger.pool()
     assert (pool.windows, pool.valid, pool.energy_mj) == (2, 2, 3_000)
     assert pool.attributed_energy_mj + pool.unattributed_energy_mj == 3_000
+
+
+def test_windows_go_through_the_stores_writer_when_given(tmp_path: Path) -> None:
+    """With the store's writer injected, every window row is written by the store's one writer thread."""
+    threads: list[str] = []
+    with SqliteStore(tmp_path / "im.db") as store:
+
+        def write(fn: Callable[[sqlite3.Connection], T]) -> T:
+            def on_writer(conn: sqlite3.Connection) -> T:
+                threads.append(threading.current_thread().name)
+                return fn(conn)
+
+            return store.write(on_writer)
+
+        ledger = WindowLedger(store.path, write=write)
+        for w in windows():
+            ledger.write(w)
+        a = ledger.meters("a")
+        ledger.close()
+        assert a is not None and a.windows == 2 and a.energy_mj == 1_500
+        assert set(threads) == {"infermeter-ledger-writer"} and len(threads) == 3  # tables + 2 windows
+        assert store.verify().ok
 
 
 def test_rejected_activity_leaves_weighted_meters_empty(tmp_path: Path) -> None:

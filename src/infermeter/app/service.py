@@ -12,11 +12,12 @@ from decimal import Decimal
 from pathlib import Path
 
 from infermeter.billing.budgets import Budgets
-from infermeter.billing.checkpoint_log import CheckpointLog, CheckpointScheduler
+from infermeter.billing.checkpoint_log import CheckpointLog, CheckpointScheduler, Transact
 from infermeter.billing.log_publisher import LogPublisher, parse_witnesses
 from infermeter.billing.pricing import DEFAULT_PLAN, PricePlan
 from infermeter.billing.public_log import PublicLog
 from infermeter.billing.signing import LedgerKeys
+from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.billing.store import Store
 from infermeter.config import Settings
 from infermeter.core.timing import NullTimer
@@ -110,7 +111,7 @@ class Service:
         source = make_source(settings.sampler) if settings.metering else None
         if source is None:
             return None, None
-        ledger = WindowLedger(settings.db_path)
+        ledger = WindowLedger(settings.db_path, write=self._file_writer(settings.db_path))
         gpm = settings.sampler in ("nvml", "dcgm")  # GPM windows under 100 ms read false zeros
         sampler = WindowSampler(
             source,
@@ -120,6 +121,13 @@ class Service:
         )
         self.pipeline.step_sink = sampler.record_step
         return sampler, ledger
+
+    def _file_writer(self, path: Path) -> Transact | None:
+        """The store's writer, when the store is the SQLite file at ``path``: its one writer."""
+        store = self.store
+        if isinstance(store, SqliteStore) and Path(path).resolve() == store.path.resolve():
+            return store.write
+        return None
 
     def window_meters(self, request_id: str) -> WindowMeters | None:
         """A request's window-derived meters joined so far (None: no sampler, or no window)."""

@@ -11,6 +11,7 @@ The PostgreSQL modules (and psycopg) are imported only when a PostgreSQL URL is 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from infermeter.billing.checkpoint_log import CheckpointLog
 from infermeter.billing.signing import LedgerKeys
@@ -62,7 +63,13 @@ def make_checkpoint_log(settings: Settings, keys: LedgerKeys, store: Store | Non
         except ImportError:
             raise _psycopg_missing() from None
         return CheckpointLog(PgLogDb(settings.db), keys)
-    return CheckpointLog(getattr(store, "path", settings.db_path), keys)
+    from infermeter.billing.sqlite_store import SqliteStore
+
+    path = Path(getattr(store, "path", settings.db_path))
+    # the SQLite store's one writer thread makes the log's writes too (docs/ledger.md)
+    if isinstance(store, SqliteStore) and store.path.resolve() == path.resolve():
+        return CheckpointLog(path, keys, write=store.write)
+    return CheckpointLog(path, keys)
 
 
 __all__ = ["make_checkpoint_log", "make_store", "uses_postgres"]

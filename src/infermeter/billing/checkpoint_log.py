@@ -12,6 +12,12 @@ Before a leaf enters the tree its payload is re-hashed and compared with the sto
 hash, and before a new checkpoint is signed the tree is checked against the newest stored
 one; either failing raises LedgerIntegrityError instead of signing over a changed ledger.
 
+Writes: a checkpoint row is inserted through ``write`` when one is given (the service passes
+``SqliteStore.write``, so the store's one writer thread and connection make every write to
+the file). Without one (the CLI, a process of its own) the log inserts on its own
+connection, and SQLite's busy timeout (30 s) bounds how long it waits for another
+process's writer, whose transactions last one group commit.
+
 Cost, for a ledger of 1M entries: the cache holds 32 MB of leaf hashes plus ~2 MB of tile
 roots; filling it at start reads every row once (seconds); after that a checkpoint, an
 inclusion proof or a consistency proof is a few hundred hashes (well under a millisecond).
@@ -26,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from infermeter.billing.checkpoints import Checkpoint, CheckpointReport, sign_checkpoint, verify_checkpoints
 from infermeter.billing.ledger import leaf_hash
@@ -37,6 +43,14 @@ from infermeter.core.errors import LedgerIntegrityError, NotFound
 from infermeter.core.records import utc_now
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Transact(Protocol):
+    """Runs ``fn(conn)`` in one write transaction and returns its result (``SqliteStore.write``)."""
+
+    def __call__(self, fn: Callable[[sqlite3.Connection], T], /) -> T: ...
+
 
 _CP_COLS = "number, origin, tree_size, root_hash, timestamp, key_id, signature"
 _CHUNK = 4096  # rows fetched per step while filling the cache
@@ -86,9 +100,10 @@ class LogDb(Protocol):
 class SqliteLogDb:
     """``LogDb`` on the SQLite store's file, with its own connection."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, write: Transact | None = None) -> None:
         self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
         migrate(self._conn)
+        self._write: Transact = write if write is not None else self._own_transaction
         self.origin: str = self._conn.execute("SELECT origin FROM ledger_log WHERE id = 0").fetchone()[0]
 
     def scan_tail(self, start: int, on_rows: Callable[[list[LeafRow]], None]) -> int:
@@ -121,20 +136,19 @@ class SqliteLogDb:
             self._conn.execute("COMMIT")
 
     def insert(self, cp: Checkpoint) -> int:
+        row = _fields(cp)
+        return self._write(lambda conn: _insert_checkpoint(conn, row))
+
+    def _own_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """The write path without a store writer: one transaction on this connection."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            cursor = self._conn.execute(
-                "INSERT INTO checkpoints (origin, tree_size, root_hash, timestamp, key_id, signature) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                _fields(cp),
-            )
+            result = fn(self._conn)
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
-        number = cursor.lastrowid
-        assert number is not None
-        return number
+        return result
 
     def latest(self) -> Checkpoint | None:
         return self._one(f"SELECT {_CP_COLS} FROM checkpoints ORDER BY tree_size DESC, number DESC LIMIT 1")
@@ -180,8 +194,9 @@ class CheckpointLog:
         *,
         clock: Callable[[], datetime] = utc_now,
         tile: int = 16,
+        write: Transact | None = None,
     ) -> None:
-        self.db: LogDb = SqliteLogDb(Path(db)) if isinstance(db, str | Path) else db
+        self.db: LogDb = SqliteLogDb(Path(db), write) if isinstance(db, str | Path) else db
         self.keys = keys
         self._clock = clock
         self._lock = threading.RLock()
@@ -323,6 +338,16 @@ class CheckpointLog:
             self.db.close()
 
 
+def _insert_checkpoint(conn: sqlite3.Connection, row: tuple[str, int, str, str, str, str]) -> int:
+    cursor = conn.execute(
+        "INSERT INTO checkpoints (origin, tree_size, root_hash, timestamp, key_id, signature) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        row,
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
 def _fields(cp: Checkpoint) -> tuple[str, int, str, str, str, str]:
     return cp.origin, cp.tree_size, cp.root_hash, cp.timestamp, cp.key_id, cp.signature
 
@@ -365,4 +390,4 @@ class CheckpointScheduler:
             self._tick()
 
 
-__all__ = ["CheckpointLog", "CheckpointScheduler", "LedgerEntry", "LogDb", "SqliteLogDb"]
+__all__ = ["CheckpointLog", "CheckpointScheduler", "LedgerEntry", "LogDb", "SqliteLogDb", "Transact"]

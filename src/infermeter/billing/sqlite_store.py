@@ -1,7 +1,8 @@
 """The embedded store: one SQLite file in WAL mode, one writer thread, per-thread readers.
 
-Writes (ledger appends, tenants, keys) go through the writer thread (``sqlite_writer``),
-which group-commits ledger appends; reads use one connection per calling thread, so they
+Writes (ledger appends, tenants, keys, and through ``write`` the signed checkpoints and
+window meters of the same file) go through the writer thread (``sqlite_writer``), which
+group-commits ledger appends; reads use one connection per calling thread, so they
 never wait for the writer. The ledger table is append-only by trigger; ``verify`` recomputes
 every hash and checks every column that queries read against its payload.
 """
@@ -151,7 +152,13 @@ class SqliteStore:
                 raise closed_error()
             self._writer.queue.put(item)
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one ``BEGIN IMMEDIATE`` transaction on the writer thread.
+
+        For the other writers of this file (signed checkpoints, window meters): queued behind
+        the appends submitted before it, committed on its own (``synchronous`` as the store's),
+        and its result or exception returned here. Not part of the ``Store`` protocol.
+        """
         if self._writer.on_thread():  # called from an append callback
             return self._writer.transaction(fn)
         waiter: Waiter[T] = Waiter()
@@ -177,7 +184,7 @@ class SqliteStore:
                 (tenant.tenant_id, name, iso(tenant.created_at), _budget_text(tenant.budget)),
             )
 
-        self._write(insert)
+        self.write(insert)
         return tenant
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
@@ -206,7 +213,7 @@ class SqliteStore:
                 raise _no_tenant(tenant_id)
             return _tenant(row)
 
-        return self._write(update)
+        return self.write(update)
 
     def create_key(self, tenant_id: str | None, *, admin: bool = False) -> tuple[ApiKey, str]:
         if (tenant_id is None) != admin:
@@ -233,7 +240,7 @@ class SqliteStore:
                  iso(key.created_at)),
             )  # fmt: skip
 
-        self._write(insert)
+        self.write(insert)
         return key, secret
 
     def revoke_key(self, key_id: str) -> ApiKey:
@@ -248,7 +255,7 @@ class SqliteStore:
                 raise NotFound(f"no API key {key_id!r}; list keys with `infermeter keys list`")
             return _key(found)
 
-        return self._write(revoke)
+        return self.write(revoke)
 
     def lookup_key(self, secret: str) -> ApiKey | None:
         sql = f"SELECT {_KEY_COLS} FROM api_keys WHERE secret_sha256 = ?"

@@ -6,7 +6,13 @@ of it in one ``BEGIN IMMEDIATE`` transaction, commits (the one fsync the group p
 only then runs the callbacks and wakes the waiters. A group that fails is retried item by
 item, so every callback gets its own result or its own exception and no record is lost
 silently. Idempotency is decided inside the transaction: repeats of a request id (or record
-id) already in the ledger, or earlier in the same group, return the first entry.
+id) already in the ledger, or earlier in the same group, return the first entry. A group
+is first inserted without looking its ids up (the unique indexes refuse a repeat); only if
+they do is it rolled back and appended again after a look-up, in a new transaction.
+
+Other writers of the same file (signed checkpoints, window meters) hand their transaction
+to this thread as a ``CALL`` (``SqliteStore.write``); it commits on its own, after the
+appends queued before it.
 """
 
 from __future__ import annotations
@@ -176,10 +182,20 @@ class Writer:
 
     # appends --------------------------------------------------------------
     def append_now(self, entries: Sequence[PreparedEntry]) -> list[AppendResult]:
-        """Append ``entries`` in one transaction of their own (writer thread only)."""
-        return self.transaction(lambda conn: append_entries(conn, entries))
+        """Append ``entries`` in one transaction of their own (writer thread only).
+
+        First optimistically, relying on the unique indexes on request and record id; if an
+        id is already in the ledger (a retried request) that transaction rolls back whole and
+        a second one looks the repeats up first. Either way the check and the append are in
+        one transaction (invariant: one entry per request id).
+        """
+        try:
+            return self.transaction(lambda conn: append_entries(conn, entries, optimistic=True))
+        except _Repeats:
+            return self.transaction(lambda conn: append_entries(conn, entries))
 
     def _commit(self, pending: list[tuple[Any, ...]]) -> None:
+        """Commit ``pending`` appends as one group; the one place a group commit succeeds or fails."""
         if not pending:
             return
         entries: list[PreparedEntry] = []
@@ -206,10 +222,26 @@ class Writer:
                 else:
                     _deliver(item, one, None)
             return
-        at = 0
-        for item in pending:
-            n = 1 if item[0] == SUBMIT else len(item[1])
-            _deliver(item, results[at : at + n], None)
+        _deliver_all(pending, results)
+
+
+class _Repeats(Exception):
+    """The optimistic append met a request or record id already present; take the checked path."""
+
+
+def _deliver_all(pending: list[tuple[Any, ...]], results: list[AppendResult]) -> None:
+    at = 0
+    for item in pending:
+        tag, payload, target = item
+        if tag == SUBMIT:
+            try:
+                target(results[at])
+            except Exception:
+                log.exception("ledger append callback raised; the record is committed regardless")
+            at += 1
+        else:
+            n = len(payload)
+            target.set(results[at : at + n], None)
             at += n
 
 
@@ -225,9 +257,28 @@ def _deliver(item: tuple[Any, ...], results: list[AppendResult] | None, exc: Exc
         log.exception("ledger append callback raised; the record is committed regardless")
 
 
-def append_entries(conn: sqlite3.Connection, entries: Sequence[PreparedEntry]) -> list[AppendResult]:
-    """Append inside the caller's transaction: dedupe, chain from the stored head, insert."""
+def append_entries(
+    conn: sqlite3.Connection, entries: Sequence[PreparedEntry], *, optimistic: bool = False
+) -> list[AppendResult]:
+    """Append inside the caller's transaction: dedupe, chain from the stored head, insert.
+
+    With ``optimistic``, skip the look-up of ids already stored and raise ``_Repeats`` (the
+    caller must roll back) if the insert meets one, or if ``entries`` repeat an id.
+    """
     size, head = conn.execute("SELECT size, head FROM ledger_head WHERE id = 0").fetchone()
+    if optimistic:
+        n = len(entries)
+        if len({e.columns[1] for e in entries}) != n or len({e.columns[0] for e in entries}) != n:
+            raise _Repeats
+        rows, last = chain_rows(entries, size, bytes.fromhex(head))
+        try:
+            _insert(conn, rows)
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise
+            raise _Repeats from exc
+        conn.execute("UPDATE ledger_head SET size = ?, head = ? WHERE id = 0", (size + n, last.hex()))
+        return [AppendResult(e.record, row[0], row[-1], True) for e, row in zip(entries, rows, strict=True)]
     by_request, by_record = _existing(conn, entries)
     fresh: list[PreparedEntry] = []
     slots: list[int | AppendResult] = []  # index into fresh, or the stored first result
@@ -244,7 +295,7 @@ def append_entries(conn: sqlite3.Connection, entries: Sequence[PreparedEntry]) -
             index = first_request[request_id] = first_record[record_id] = len(fresh)
             fresh.append(entry)
         slots.append(index)
-    rows: list[tuple[Any, ...]] = []
+    rows = []
     if fresh:
         rows, last = chain_rows(fresh, size, bytes.fromhex(head))
         _insert(conn, rows)
@@ -262,21 +313,48 @@ def append_entries(conn: sqlite3.Connection, entries: Sequence[PreparedEntry]) -
 
 
 def _insert(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert with a few multi-row statements, not one statement step per row.
+    """Insert with a few multi-row statements of a few fixed sizes.
 
-    Each step releases the GIL once, for a whole chunk; ``executemany`` would release and
-    re-acquire it per row, and while other threads run Python each re-acquire can wait a
-    switch interval (5 ms), which would throttle the writer to a few hundred rows a second.
+    Few statements: each step releases the GIL once, for a whole chunk; ``executemany``
+    would release and re-acquire it per row, and while other threads run Python each
+    re-acquire can wait a switch interval (5 ms), which would throttle the writer to a few
+    hundred rows a second. Fixed sizes (powers of two, the last chunk padded with rows of
+    NULLs that the statement filters out): compiling a statement of n rows costs ~30 µs a
+    row, so it must come from the connection's statement cache, not be compiled per group.
     """
-    per = max(1, min(1500, _param_limit(conn) // len(COLUMNS)))
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        conn.execute(_insert_sql(len(chunk)), list(chain.from_iterable(chunk)))
+    top = _chunk_rows(conn)
+    for start in range(0, len(rows), top):
+        chunk = rows[start : start + top]
+        size = _padded(len(chunk))
+        params = list(chain.from_iterable(chunk))
+        if size > len(chunk):
+            params.extend(_nulls(size - len(chunk)))
+        conn.execute(_insert_sql(size), params)
 
 
-@lru_cache(maxsize=64)
+def _padded(n: int) -> int:
+    """The smallest allowed statement size that holds ``n`` rows: 16, 32, 64, … (n ≥ 1)."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+@lru_cache(maxsize=16)
+def _nulls(rows: int) -> tuple[None, ...]:
+    return (None,) * (rows * len(COLUMNS))
+
+
+def _chunk_rows(conn: sqlite3.Connection) -> int:
+    """The largest power of two ≤ 2048 whose statement fits the bound-parameter limit."""
+    fits = max(16, _param_limit(conn) // len(COLUMNS))
+    return min(2048, 1 << (fits.bit_length() - 1))
+
+
+@lru_cache(maxsize=16)
 def _insert_sql(n: int) -> str:
-    return f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES {', '.join([_ROW] * n)}"
+    # A padding row is all NULLs; every ledger column is NOT NULL, so seq is NULL only there.
+    values = ", ".join([_ROW] * n)
+    return (
+        f"INSERT INTO ledger ({', '.join(COLUMNS)}) SELECT * FROM (VALUES {values}) WHERE column1 IS NOT NULL"
+    )
 
 
 @lru_cache(maxsize=64)

@@ -7,6 +7,12 @@ the sampler thread, and go to two append-only side tables in the service's SQLit
     window_usage  one row per (request, window): its energy (mJ) and device / weighted ns
     window_pool   one row per window: energy, idle, unattributed pool, activities, guards
 
+Writes go through ``write`` when one is given: the service passes the store's writer
+(``SqliteStore.write``), so one thread and one connection write the file, each window in a
+transaction of its own, committed as durably as the store's records. Without one (tests,
+tools) the ledger writes on a connection of its own with ``synchronous=NORMAL``; a lock
+serializes this object's writers on that connection, and no reader ever waits on it.
+
 Neither table is ever updated or deleted from. A crash between a record and its windows
 loses nothing acknowledged: the record is intact, and its window values are simply missing
 or partial (``WindowMeters.windows`` says how many were joined). Weighted times are stored
@@ -17,13 +23,23 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from infermeter.metering.sampler import ClosedWindow
+
+T = TypeVar("T")
+
+
+class Transact(Protocol):
+    """Runs ``fn(conn)`` in one write transaction and returns its result (``SqliteStore.write``)."""
+
+    def __call__(self, fn: Callable[[sqlite3.Connection], T], /) -> T: ...
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS window_usage (
@@ -96,16 +112,35 @@ def _ms(ns: int) -> Decimal:
 class WindowLedger:
     """Append-only window tables next to the usage ledger, in the same SQLite file."""
 
-    def __init__(self, path: Path | str) -> None:
-        # Its own connection: window rows are never on the usage record's commit path.
+    def __init__(self, path: Path | str, write: Transact | None = None) -> None:
+        # Reads: a connection of its own; window reads never wait for the writer (WAL).
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA busy_timeout = 10000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        # NORMAL: a power loss may drop the last windows, never an acknowledged record.
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards self._conn (reads) only
+        self._own: sqlite3.Connection | None = None
+        self._own_lock = threading.Lock()
+        if write is None:
+            own = self._own = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            own.execute("PRAGMA busy_timeout = 10000")
+            own.execute("PRAGMA journal_mode = WAL")
+            # NORMAL: a power loss may drop the last windows, never an acknowledged record.
+            own.execute("PRAGMA synchronous = NORMAL")
+        self._write: Transact = write if write is not None else self._own_transaction
+        self._write(_create_tables)
         self.written = 0
+
+    def _own_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._own
+        assert conn is not None
+        with self._own_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
 
     def write(self, window: ClosedWindow) -> None:
         """Append one closed window: its per-request rows and its pool row, in one commit."""
@@ -143,24 +178,8 @@ class WindowLedger:
             window.reason,
             datetime.now(UTC).isoformat(timespec="milliseconds"),
         )
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO window_usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
-                )
-                self._conn.execute(
-                    "INSERT INTO window_pool (window_start_ns, window_end_ns, source, energy_mj,"
-                    " idle_mj, attributed_energy_mj, unattributed_energy_mj, sm_activity,"
-                    " tensor_activity, dram_activity, memory_used_mb, steps, valid, reason,"
-                    " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    pool,
-                )
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-            self.written += 1
+        self._write(lambda conn: _insert_window(conn, rows, pool))
+        self.written += 1
 
     def meters(self, request_id: str) -> WindowMeters | None:
         """The request's joined window totals; None if no window has named it (yet)."""
@@ -207,6 +226,33 @@ class WindowLedger:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        if self._own is not None:
+            with self._own_lock:
+                self._own.close()
 
 
-__all__ = ["SCHEMA", "PoolTotals", "WindowLedger", "WindowMeters"]
+def _create_tables(conn: sqlite3.Connection) -> None:
+    """SCHEMA, one statement at a time (``executescript`` would commit the caller's transaction)."""
+    statement = ""
+    for part in SCHEMA.split(";"):
+        statement += part + ";"
+        if sqlite3.complete_statement(statement):  # not a ";" inside a comment
+            if statement.strip(" \n;"):
+                conn.execute(statement)
+            statement = ""
+
+
+def _insert_window(
+    conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]], pool: tuple[object, ...]
+) -> None:
+    conn.executemany("INSERT OR IGNORE INTO window_usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.execute(
+        "INSERT INTO window_pool (window_start_ns, window_end_ns, source, energy_mj,"
+        " idle_mj, attributed_energy_mj, unattributed_energy_mj, sm_activity,"
+        " tensor_activity, dram_activity, memory_used_mb, steps, valid, reason,"
+        " recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        pool,
+    )
+
+
+__all__ = ["SCHEMA", "PoolTotals", "Transact", "WindowLedger", "WindowMeters"]
