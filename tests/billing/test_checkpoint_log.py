@@ -32,6 +32,14 @@ def store(any_store: Store) -> Store:
 
 
 @pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
+    """The embedded store alone: the one-writer path is the SQLite file's."""
+    s = SqliteStore(tmp_path / "one-writer.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
 def log(store: Store, tmp_path: Path) -> Iterator[CheckpointLog]:
     cl: CheckpointLog = checkpoint_log_for(store, LedgerKeys(tmp_path / "keys"), tile=4)  # type: ignore[assignment]
     yield cl
@@ -48,7 +56,9 @@ def test_a_checkpoint_signs_the_ledgers_merkle_root(store: Store, log: Checkpoin
     assert cp.origin == log.origin and log.origin.startswith("infermeter/")
 
 
-def test_checkpoints_are_inserted_by_the_stores_writer_thread(store: SqliteStore, tmp_path: Path) -> None:
+def test_checkpoints_are_inserted_by_the_stores_writer_thread(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
     """Given the store's writer, the log writes nothing itself: the checkpoint row comes from it."""
     threads: list[str] = []
 
@@ -57,25 +67,25 @@ def test_checkpoints_are_inserted_by_the_stores_writer_thread(store: SqliteStore
             threads.append(threading.current_thread().name)
             return fn(conn)
 
-        return store.write(on_writer)
+        return sqlite_store.write(on_writer)
 
-    log = CheckpointLog(store.path, LedgerKeys(tmp_path / "keys"), write=write)
-    store.append([make_record(i) for i in range(3)])
+    log = CheckpointLog(sqlite_store.path, LedgerKeys(tmp_path / "keys"), write=write)
+    sqlite_store.append([make_record(i) for i in range(3)])
     cp, created = log.checkpoint()
     log.close()
     assert created and threads == ["infermeter-ledger-writer"]
-    assert log_latest(store.path) == (cp.number, 3)
+    assert log_latest(sqlite_store.path) == (cp.number, 3)
 
 
 def test_a_log_without_a_store_writer_inserts_on_its_own_connection(
-    store: SqliteStore, tmp_path: Path
+    sqlite_store: SqliteStore, tmp_path: Path
 ) -> None:
     """The CLI's log (no store in its process) signs and stores checkpoints by itself."""
-    store.append([make_record(0)])
-    log = CheckpointLog(store.path, LedgerKeys(tmp_path / "keys"))
+    sqlite_store.append([make_record(0)])
+    log = CheckpointLog(sqlite_store.path, LedgerKeys(tmp_path / "keys"))
     cp, created = log.checkpoint()
     log.close()
-    assert created and log_latest(store.path) == (cp.number, 1)
+    assert created and log_latest(sqlite_store.path) == (cp.number, 1)
 
 
 def log_latest(path: Path) -> tuple[int, int]:
