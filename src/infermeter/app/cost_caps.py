@@ -1,9 +1,9 @@
 """Budget reservations as hard caps: the per-token cost ceilings and each request's cap.
 
 **The reservation bound.** For an engine, the pipeline keeps the largest attributed cost
-per token seen in the engine's last ``WINDOW`` observations of each phase (µs of device
-time per prefill token and per decode token; a participant's share of a step divided by
-its tokens, warm-up steps counting their whole time). A request's reservation is
+per token seen in the engine's last ``WINDOW`` steps of each phase (µs of device time per
+prefill token and per decode token: a participant's share of a step divided by its
+tokens; a warm-up step counts its whole time over its tokens). A request's reservation is
 
     bound = price(RU(prompt_tokens * prefill_ceiling, max_tokens * decode_ceiling))
 
@@ -39,7 +39,7 @@ from infermeter.core.types import ServiceTier
 from infermeter.metering.ru import RuTable
 from infermeter.runtime.engine import EngineInfo
 
-WINDOW = 256  # observations per phase that the ceiling is the maximum of
+WINDOW = 256  # steps per phase that the ceiling is the maximum over
 DEFAULT_PREFILL_US = 1000.0  # per token, until the engine has run a prefill
 DEFAULT_DECODE_US = 20000.0  # per token, until the engine has run a decode step
 GROWTH = 4  # a cap that would stop asks for this many times its shortfall
@@ -76,20 +76,29 @@ class CostCeilings:
         self._decode = _SlidingMax(window)
 
     def observe(self, step: StepRecord, shares: StepShares) -> None:
+        """Fold in one step: the costliest token of each phase in it is one observation."""
+        prefill = decode = 0.0
         if step.warmup or not shares.shares:  # a warm-up step: its whole time, token-proportional
             tokens = sum(p.new_tokens for p in step.participants)
             if not tokens:
                 return
             per_token = step.device_us / tokens
             for p in step.participants:
-                (self._prefill if p.prefill_tokens else self._decode).add(per_token)
-            return
-        for p in step.participants:
-            share = shares.shares.get(p.request_id, 0)
-            if p.prefill_tokens:
-                self._prefill.add(share / p.prefill_tokens)
-            elif p.decode_tokens:
-                self._decode.add(share / p.decode_tokens)
+                if p.prefill_tokens:
+                    prefill = per_token
+                else:
+                    decode = per_token
+        else:
+            got = shares.shares
+            for p in step.participants:
+                if p.prefill_tokens:
+                    prefill = max(prefill, got.get(p.request_id, 0) / p.prefill_tokens)
+                elif p.decode_tokens:
+                    decode = max(decode, got.get(p.request_id, 0) / p.decode_tokens)
+        if prefill:
+            self._prefill.add(prefill)
+        if decode:
+            self._decode.add(decode)
 
     def prefill_us(self, tokens: int) -> int:
         ceiling = self._prefill.get()
