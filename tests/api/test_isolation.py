@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from infermeter.app.service import Service
 from infermeter.config import load_settings
+from infermeter.core.errors import EngineError
 from infermeter.runtime.engine import LoadedEngine, SeqInput, StepOutput
 from infermeter.runtime.fake_engine import FakeEngine
 from infermeter.runtime.tokenizer import ByteTokenizer
@@ -131,3 +132,34 @@ def test_tokenizing_a_prompt_does_not_block_the_event_loop(
         finally:
             tokenizer.release.set()
         assert slow.result().status_code == 200
+
+
+class FailsOnce(FakeEngine):
+    """The second call to step raises (an engine-wide fault), then the engine works again."""
+
+    calls = 0
+
+    def step(self, inputs: Sequence[SeqInput]) -> StepOutput:
+        self.calls += 1
+        if self.calls == 2:
+            raise EngineError("scripted device fault")
+        return super().step(inputs)
+
+
+def test_an_engine_fault_on_a_first_step_is_a_503_with_no_record(
+    tmp_path: Path, server_factory: Callable[..., LiveServer]
+) -> None:
+    """The request whose first step failed gets a 503 naming the engine; no record, no hold."""
+    cfg = load_settings({"home": tmp_path / "h", "warmup_steps": 0}, env={})
+    live = server_factory(Service(cfg, [LoadedEngine(FailsOnce(), ByteTokenizer())]))
+    ok = _post(live, "alpha", {"model": "tiny-gpt", "prompt": "a", "max_tokens": 1})  # call 1
+    assert ok.status_code == 200
+    failed = _post(live, "beta", {"model": "tiny-gpt", "prompt": "a", "max_tokens": 3})  # call 2
+    assert failed.status_code == 503
+    assert "engine fake-engine failed" in failed.json()["error"]["message"]
+    store = live.service.store
+    store.flush()
+    assert store.list_records(live.tenant_ids["beta"]) == []
+    assert live.service.budgets.snapshot(live.tenant_ids["beta"])[2] == 0
+    again = _post(live, "beta", {"model": "tiny-gpt", "prompt": "a", "max_tokens": 3})
+    assert again.status_code == 200
