@@ -1,4 +1,5 @@
-"""A client that disconnects mid-stream is billed for the work done, with status=cancelled."""
+"""A client that goes away — mid-stream, or while waiting for a non-streaming response — is
+billed for the work done, with status=cancelled."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
+import openai
+import pytest
 
 from infermeter.core.types import Status
 from infermeter.runtime.engine import SeqInput, StepOutput
@@ -59,3 +62,31 @@ def test_disconnect_mid_stream_bills_work_done(
         timeout=30,
     )
     assert ok.status_code == 200
+
+
+def test_non_streaming_client_timeout_is_billed_as_cancelled(
+    tmp_path: Path, server_factory: Callable[..., LiveServer]
+) -> None:
+    """A client that times out waiting leaves one cancelled record for the steps run, not the whole."""
+    engine = SlowFake()
+    live = server_factory(fake_service(tmp_path / "h", engine))
+    client = openai.OpenAI(base_url=live.base_url, api_key=live.keys["alpha"], max_retries=0, timeout=0.3)
+    with pytest.raises(openai.APITimeoutError):
+        client.completions.create(model="tiny-gpt", prompt="a", max_tokens=500)
+    store, tenant = live.service.store, live.tenant_ids["alpha"]
+    deadline = time.monotonic() + 20
+    records: list[object] = []
+    while not records and time.monotonic() < deadline:
+        store.flush()
+        records = [r for _, r in store.list_records(tenant)]
+        time.sleep(0.05)
+    assert len(records) == 1, "expected exactly one record for the abandoned request"
+    [record] = records
+    assert record.status == Status.CANCELLED  # type: ignore[attr-defined]
+    assert 0 < record.completion_tokens < 500  # type: ignore[attr-defined]
+    # billed for the steps that ran: far less than the 500-token request would have cost
+    full_us = engine.cost.step_us([(1, 0, 0)]) + 499 * engine.cost.step_us([(0, 1, 1)])
+    assert 0 < record.device_us < full_us  # type: ignore[attr-defined]
+    assert record.cost > 0  # type: ignore[attr-defined]
+    _limit, _spent, reserved = live.service.budgets.snapshot(tenant)
+    assert reserved == 0

@@ -227,3 +227,70 @@ def test_a_limit_changed_elsewhere_applies_after_the_ttl() -> None:
     now[0] = 6.0
     with pytest.raises(BudgetExceeded):
         budgets.reserve("t", "r3", Decimal("1"))
+
+
+def test_reserve_up_to_grants_what_is_left_down_to_the_minimum() -> None:
+    """Less left than asked but at least the minimum: the rest is granted, as a cap."""
+    budgets, _ = make(Decimal("1.00"), Decimal("0.70"))
+    grant = budgets.reserve_up_to("t", "r1", Decimal("0.50"), Decimal("0.10"))
+    assert grant.amount == Decimal("0.30") and grant.capped
+    with pytest.raises(BudgetExceeded, match=r"needs at least 0\.1 "):
+        budgets.reserve_up_to("t", "r2", Decimal("0.50"), Decimal("0.10"))
+    assert budgets.snapshot("t") == (Decimal("1.00"), Decimal("0.70"), Decimal("0.30"))
+
+
+def test_reserve_up_to_grants_all_when_it_fits_or_there_is_no_limit() -> None:
+    """Enough budget: the whole amount; no limit: the whole amount, uncapped."""
+    budgets, _ = make(Decimal("10"))
+    assert budgets.reserve_up_to("t", "r1", Decimal("2"), Decimal("1")).amount == Decimal("2")
+    unlimited, _ = make(None)
+    grant = unlimited.reserve_up_to("t", "r1", Decimal("2"), Decimal("1"))
+    assert grant.amount == Decimal("2") and not grant.capped
+
+
+def test_extend_grows_a_reservation_within_the_limit_only() -> None:
+    """A running request's reservation grows by what is left, never past the limit."""
+    budgets, _ = make(Decimal("1.00"))
+    budgets.reserve("t", "r1", Decimal("0.60"))
+    assert budgets.extend("r1", Decimal("0.80"), Decimal("0.10")) == Decimal("0.40")
+    assert budgets.reserved_for("r1") == Decimal("1.00")
+    assert budgets.extend("r1", Decimal("0.10"), Decimal("0.01")) == 0  # nothing left
+    assert budgets.extend("nobody", Decimal("1"), Decimal("0")) == 0
+    budgets.settle("r1", Decimal("0.95"))
+    assert budgets.snapshot("t") == (Decimal("1.00"), Decimal("0.95"), Decimal(0))
+
+
+def test_adjust_applies_a_correction_without_touching_reservations() -> None:
+    """A credit lowers spent by its amount under the lock; in-flight reservations stay."""
+    budgets, loads = make(Decimal("5"), Decimal("2"))
+    budgets.reserve("t", "r1", Decimal("1"))
+    budgets.adjust("t", Decimal("-0.5"))
+    assert budgets.snapshot("t") == (Decimal("5"), Decimal("1.5"), Decimal("1"))
+    budgets.settle("r1", Decimal("0.25"))
+    assert budgets.snapshot("t") == (Decimal("5"), Decimal("1.75"), Decimal(0))
+    assert loads == ["t"]  # spent was never re-read
+    budgets.adjust("other", Decimal("-1"))  # not loaded: its first use reads the store
+    assert "other" not in loads
+
+
+def test_corrections_racing_settles_lose_and_double_nothing(fast_switching: None) -> None:
+    """Settles on worker threads and corrections on request threads add up exactly."""
+    budgets, _ = make(None)
+    budgets.snapshot("t")
+
+    def settler(w: int) -> None:
+        for i in range(200):
+            budgets.reserve("t", f"r{w}_{i}", Decimal("0.02"))
+            budgets.settle(f"r{w}_{i}", Decimal("0.01"))
+
+    def corrector() -> None:
+        for _ in range(200):
+            budgets.adjust("t", Decimal("-0.001"))
+
+    threads = [threading.Thread(target=settler, args=(w,)) for w in range(4)]
+    threads += [threading.Thread(target=corrector) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert budgets.snapshot("t") == (None, Decimal("8.000") - Decimal("0.400"), Decimal(0))

@@ -1,32 +1,35 @@
 """POST /v1/chat/completions and /v1/completions, streaming and not.
 
-Admission (auth → validate → route → reserve budget) happens before any work, so bad input
-costs nothing. The final response, or the final stream chunk, is sent only after the usage
-record is durable in the ledger (the worker's sink calls back after the group commit).
+Admission (auth → validate → tokenize → route → reserve budget) happens before any work, so
+bad input costs nothing. Rendering and tokenizing the prompt run in a thread, never on the
+event loop. The reservation is the request's cost cap (``app.cost_caps``). The final
+response, or the final stream chunk, is sent only after the usage record is durable in the
+ledger (the worker's sink calls back after the group commit). A client that goes away —
+a stream closed early, or a non-streaming request whose connection drops while it waits —
+cancels the request within one step; it is billed ``cancelled`` for the work done.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from infermeter.api.auth import authenticate, tenant_of
 from infermeter.api.records import metering_view
 from infermeter.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
 from infermeter.billing.store import ApiKey
-from infermeter.core.errors import InfermeterError, InvalidRequest, Unavailable
+from infermeter.core.errors import BudgetExceeded, InfermeterError, InvalidRequest, Unavailable
 from infermeter.core.ids import request_id as new_request_id
 from infermeter.core.records import UsageRecord
 from infermeter.core.types import Status
 from infermeter.runtime.engine import EngineInfo
-from infermeter.runtime.sampling import SamplingParams
 from infermeter.runtime.worker import GenerationRequest, TokenEvent
 
 router = APIRouter()
@@ -60,15 +63,29 @@ async def api_key(request: Request) -> ApiKey:
     return authenticate(_service(request).store, request)
 
 
-def _admit(request: Request, key: ApiKey, body: _Sampling, prompt: str) -> _Admitted:
+def _prompt_ids(svc: Any, body: _Sampling, engine_id: str) -> list[int]:
+    """Render and tokenize the prompt (in a worker thread: a huge prompt never stalls the loop)."""
+    body.check()  # valid Unicode everywhere first: nothing below may meet a lone surrogate
+    tokenizer = svc.tokenizers[engine_id]
+    if isinstance(body, ChatCompletionRequest):
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        prompt = tokenizer.apply_chat_template(messages)
+    else:
+        assert isinstance(body, CompletionRequest)
+        prompt = body.text()
+    ids: list[int] = tokenizer.encode(prompt)
+    return ids
+
+
+async def _admit(request: Request, key: ApiKey, body: _Sampling) -> _Admitted:
     svc = _service(request)
     tenant = tenant_of(key)
     tier = body.tier()
     engines = svc.router.engines(body.model)
     if not engines:
+        body.check()
         svc.router.route(body.model, tier, 0, 1)  # raises UnknownModel with the list
-    tokenizer = svc.tokenizers[engines[0].engine_id]
-    prompt_ids = tokenizer.encode(prompt)
+    prompt_ids = await asyncio.to_thread(_prompt_ids, svc, body, engines[0].engine_id)
     if not prompt_ids:
         raise InvalidRequest(
             "the prompt is empty after tokenization; send some text",
@@ -83,10 +100,11 @@ def _admit(request: Request, key: ApiKey, body: _Sampling, prompt: str) -> _Admi
         svc.metrics.refusals.labels(exc.code).inc()
         raise
     engine = route.engine
+    body.check_vocab(engine.vocab_size)
     rid = new_request_id()
-    estimate = svc.pipeline.estimate_cost(engine, tier, len(prompt_ids), max_tokens)
+    bound, minimum = svc.pipeline.reservation(engine, tier, len(prompt_ids), max_tokens)
     try:
-        svc.budgets.reserve(tenant, rid, estimate)
+        grant = svc.budgets.reserve_up_to(tenant, rid, bound, minimum)
     except InfermeterError as exc:
         svc.metrics.refusals.labels(exc.code).inc()
         raise
@@ -100,12 +118,17 @@ def _admit(request: Request, key: ApiKey, body: _Sampling, prompt: str) -> _Admi
         tier=tier,
         prompt_ids=prompt_ids,
         max_tokens=max_tokens,
-        sampling=SamplingParams(body.temperature, body.top_p, body.seed),
+        sampling=body.sampling(),
         stop=body.stops(),
         on_token=lambda ev: _send(loop, events, ev),
         on_finish=lambda outcome: _finished(svc, loop, events, rid, outcome),
+        cap=svc.pipeline.cost_cap(rid, engine, tier, grant),
     )
-    svc.worker.submit(gen)
+    try:
+        svc.worker.submit(gen)
+    except BaseException:
+        svc.budgets.release(rid)
+        raise
     svc.metrics.in_flight.inc()
     return _Admitted(gen, events, engine, int(time.time()))
 
@@ -145,14 +168,17 @@ def _usage(record: UsageRecord) -> dict[str, Any]:
     }
 
 
-def _outcome_record(outcome: object) -> UsageRecord:
+def _outcome_record(adm: _Admitted, outcome: object) -> UsageRecord:
     if isinstance(outcome, UsageRecord):
         if outcome.status == Status.FAILED:
             raise Unavailable(
-                f"the engine failed while running request {outcome.request_id}; "
+                adm.request.error
+                or f"the engine failed while running request {outcome.request_id}; "
                 "it was not charged; retry the request"
             )
         return outcome
+    if isinstance(outcome, InfermeterError):
+        raise outcome  # e.g. Unavailable (the engine failed its first step), BudgetExceeded
     raise Unavailable(f"the request could not be completed ({outcome}); it was not charged; retry")
 
 
@@ -161,7 +187,7 @@ async def _collect(adm: _Admitted) -> tuple[str, UsageRecord, str]:
     while True:
         ev = await adm.events.get()
         if isinstance(ev, _Done):
-            record = _outcome_record(ev.outcome)
+            record = _outcome_record(adm, ev.outcome)
             return "".join(text), record, _finish_reason(record)
         text.append(ev.text)
 
@@ -171,7 +197,26 @@ def _finish_reason(record: UsageRecord) -> str:
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+class _Json(Response):
+    """A JSON response encoded by orjson (compact, UTF-8; several times json's speed)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client closes the connection (ASGI ``http.disconnect``).
+
+    Only for a request whose body has been read: the next message uvicorn gives then is the
+    disconnect, sent when the client goes away (or after the response is complete).
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _stream(request: Request, adm: _Admitted, chat: bool, include_usage: bool) -> AsyncIterator[bytes]:
@@ -202,17 +247,11 @@ async def _stream(request: Request, adm: _Admitted, chat: bool, include_usage: b
             if isinstance(ev, _Done):
                 done = True
                 try:
-                    record = _outcome_record(ev.outcome)
+                    record = _outcome_record(adm, ev.outcome)
                 except InfermeterError as exc:
+                    kind = "insufficient_quota" if isinstance(exc, BudgetExceeded) else "server_error"
                     yield _sse(
-                        {
-                            "error": {
-                                "message": exc.message,
-                                "type": "server_error",
-                                "param": None,
-                                "code": exc.code,
-                            }
-                        }
+                        {"error": {"message": exc.message, "type": kind, "param": None, "code": exc.code}}
                     )
                     return
                 yield _sse({**base, "choices": [choice(None, _finish_reason(record))]})
@@ -226,19 +265,27 @@ async def _stream(request: Request, adm: _Admitted, chat: bool, include_usage: b
             svc.worker.cancel(rid)
 
 
-async def _respond(request: Request, key: ApiKey, body: _Sampling, prompt: str, chat: bool) -> Any:
-    adm = _admit(request, key, body, prompt)
+async def _respond(request: Request, key: ApiKey, body: _Sampling, chat: bool) -> Any:
+    adm = await _admit(request, key, body)
     if body.stream:
         return StreamingResponse(
             _stream(request, adm, chat, body.include_usage()),
             media_type="text/event-stream",
             headers={"x-request-id": adm.request.request_id},
         )
+    worker = _service(request).worker
+    collect = asyncio.ensure_future(_collect(adm))
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        text, record, finish = await _collect(adm)
+        await asyncio.wait((collect, gone), return_when=asyncio.FIRST_COMPLETED)
+        if not collect.done():  # the client left: stop within one step, billed as cancelled
+            worker.cancel(adm.request.request_id)
+        text, record, finish = await collect
     except asyncio.CancelledError:
-        _service(request).worker.cancel(adm.request.request_id)
+        worker.cancel(adm.request.request_id)
         raise
+    finally:
+        gone.cancel()
     common = {
         "created": adm.created,
         "model": record.model,
@@ -267,21 +314,16 @@ async def _respond(request: Request, key: ApiKey, body: _Sampling, prompt: str, 
             **common,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
         }
-    return JSONResponse(payload, headers={"x-request-id": record.request_id})
+    return _Json(payload, headers={"x-request-id": record.request_id})
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(
     request: Request, body: ChatCompletionRequest, key: ApiKey = Depends(api_key)
 ) -> Any:
-    svc = _service(request)
-    engines = svc.router.engines(body.model)
-    tokenizer = svc.tokenizers[engines[0].engine_id] if engines else None
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    prompt = tokenizer.apply_chat_template(messages) if tokenizer else ""
-    return await _respond(request, key, body, prompt, chat=True)
+    return await _respond(request, key, body, chat=True)
 
 
 @router.post("/v1/completions")
 async def completions(request: Request, body: CompletionRequest, key: ApiKey = Depends(api_key)) -> Any:
-    return await _respond(request, key, body, body.text(), chat=False)
+    return await _respond(request, key, body, chat=False)

@@ -159,7 +159,7 @@ def correct(request: Request, body: CorrectionBody, key: ApiKey = Depends(admin_
     """Append a credit or reversal naming ``record_id``; the original entry stays as it is."""
     svc = request.app.state.service
     done = issue_correction(svc.store, body.record_id, body.kind, body.reason, body.amount)
-    svc.budgets.refresh(done.record.tenant_id, spent=True)  # the tenant's spend went down
+    svc.budgets.adjust(done.record.tenant_id, done.record.cost)  # the delta, under the budgets lock
     return {
         "object": "ledger.correction",
         "correction": record_view(done.record, done.seq),

@@ -19,6 +19,7 @@ def metering_view(record: UsageRecord) -> dict[str, Any]:
         "precision": record.precision.value,
         "service_tier": record.service_tier.value,
         "status": record.status.value,
+        "stopped_by": record.stopped_by,  # "budget" when the request's cost cap ended it
         "device_ms": float(record.device_ms),
         "prefill_ms": record.prefill_us / 1000,
         "decode_ms": record.decode_us / 1000,

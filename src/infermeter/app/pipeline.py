@@ -1,15 +1,17 @@
 """The metering pipeline: steps → attribution → per-request meters → RU → price → ledger.
 
-It is the worker's sink, and it keeps the worker's hot path short: ``on_step`` and
-``on_finish`` only enqueue, in order, for the pipeline's own thread, which attributes each
-step exactly, accumulates per-request meters, prices finished requests and hands their
-records to the store's group-commit writer. On a GPU the worker spends most of a step
-waiting on the device with the GIL released, which is when this thread runs, so metering
-stays off the critical path; steps do not even wake it (it drains them in bulk), so on a
-CPU device it does not preempt the engine's threads once per step. A request's steps are
-always counted before it is priced: the worker appends them before it queues the finish,
-and the thread drains every pending step before it handles any queued item. A request's
-``on_finish`` callback runs only after its record is durable (invariant 3).
+It is the worker's sink. ``on_step`` runs on the worker thread and does only the cheap
+integer work the worker needs at once: it attributes the step exactly (the shares the worker
+charges to each request's cost cap, and the same shares that go into the request's meters,
+computed once) and updates the per-token cost ceilings that size budget reservations
+(``app.cost_caps``). Everything else — meters, the window sampler, metrics, pricing, the
+ledger hand-off — runs on the pipeline's own thread. On a GPU the worker spends most of a
+step waiting on the device with the GIL released, which is when this thread runs; steps do
+not even wake it (it drains them in bulk), so on a CPU device it does not preempt the
+engine's threads once per step. A request's steps are always counted before it is priced:
+the worker appends them before it queues the finish, and the thread drains every pending
+step before it handles any queued item. A request's ``on_finish`` callback runs only after
+its record is durable (invariant 3).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from infermeter.billing.budgets import Budgets
+from infermeter.app.cost_caps import CostCeilings, Pricer, RequestCap
+from infermeter.billing.budgets import Budgets, Grant
 from infermeter.billing.pricing import PricePlan
 from infermeter.billing.store import AppendResult, Store
 from infermeter.core.ids import record_id as new_record_id
@@ -40,41 +43,11 @@ from infermeter.runtime.worker import FinishedRequest
 
 log = logging.getLogger(__name__)
 
-RESERVE_SAFETY = Decimal(2)
 _FINISH, _MARK = "finish", "mark"
 _IDLE = ("idle",)
 # Steps are appended without waking the pipeline thread (a wake-up per step steals the
 # engine's cores on a CPU device); it drains them at least this often.
 STEP_DRAIN_S = 0.02  # well inside the window sampler's one-tick (100 ms) grace for late steps
-
-
-@dataclass
-class _Rates:
-    """Running estimates used only to size budget reservations (never to bill).
-
-    Seeded by the engine's warm-up steps; until a step of a kind is seen, a conservative
-    default applies.
-    """
-
-    prefill_us_per_token: float | None = None
-    decode_us_per_step: float | None = None
-
-    def observe(self, step: StepRecord) -> None:
-        parts = step.participants
-        if step.device_us <= 0:
-            return
-        prefill = sum(p.prefill_tokens for p in parts)
-        decode = sum(p.decode_tokens for p in parts)
-        if prefill and not decode:
-            self.prefill_us_per_token = _ewma(self.prefill_us_per_token, step.device_us / prefill)
-        elif decode and not prefill:
-            # a decode step costs about the same whatever its batch: price it as if alone
-            self.decode_us_per_step = _ewma(self.decode_us_per_step, float(step.device_us))
-
-    def estimate_us(self, prompt_tokens: int, max_tokens: int) -> tuple[int, int]:
-        prefill = self.prefill_us_per_token if self.prefill_us_per_token is not None else 1000.0
-        decode = self.decode_us_per_step if self.decode_us_per_step is not None else 20000.0
-        return int(prefill * prompt_tokens), int(decode * max_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +57,6 @@ class _StepMetrics:
     billed_ms: Any
     warmup_ms: Any
     unattributed_ms: Any
-
-
-def _ewma(old: float | None, new: float) -> float:
-    return new if old is None else 0.8 * old + 0.2 * new
 
 
 class MeteringPipeline:
@@ -109,9 +78,9 @@ class MeteringPipeline:
         self.enabled = enabled
         self.book = MeterBook()
         self._cost_models: dict[str, CostModel] = {}
-        self._rates: dict[str, _Rates] = {}
+        self._ceilings: dict[str, CostCeilings] = {}
         self._step_metrics: dict[str, _StepMetrics] = {}
-        self._steps: deque[tuple[StepRecord, dict[str, int], int]] = deque()
+        self._steps: deque[tuple[StepRecord, StepShares, dict[str, int], int]] = deque()
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # Window metering: receives (start_ns, end_ns, shares) of every step, e.g.
@@ -165,25 +134,33 @@ class MeteringPipeline:
     def _drain_steps(self) -> None:
         steps = self._steps
         while steps:
-            step, kv_bytes, end_ns = steps.popleft()
+            step, shares, kv_bytes, end_ns = steps.popleft()
             try:
-                self._account_step(step, kv_bytes, end_ns)
+                self._account_step(step, shares, kv_bytes, end_ns)
             except Exception:
                 log.exception("metering pipeline failed on step %s", step.step_id)
 
     # the worker sink (worker thread: enqueue only) ---------------------------------------
-    def on_step(self, step: StepRecord, kv_bytes: dict[str, int]) -> None:
+    def on_step(self, step: StepRecord, kv_bytes: dict[str, int]) -> StepShares | None:
+        """Attribute the step now (worker thread) and queue it for the meters; returns the shares."""
         if not self.enabled:
-            return
+            return None
         # The worker calls on_step right after the step's sync: the device work ended about
         # now and took device_us, which is the span sampler windows overlap.
         end_ns = time.monotonic_ns()
+        try:
+            shares = attribute(step, self.cost_model(step.engine_id))
+            self.ceilings(step.engine_id).observe(step, shares)
+        except Exception:  # a metering bug must not fail the step's requests
+            log.exception("attribution failed on step %s", step.step_id)
+            return None
         if self._thread is None:  # not started (tests, warm-up before start): do it inline
-            self._account_step(step, kv_bytes, end_ns)
+            self._account_step(step, shares, kv_bytes, end_ns)
         else:
             # no wake-up per step: the pipeline thread drains steps in bulk, at the latest
             # every STEP_DRAIN_S, and always before it handles a finish queued after them
-            self._steps.append((step, kv_bytes, end_ns))
+            self._steps.append((step, shares, kv_bytes, end_ns))
+        return shares
 
     def on_finish(self, finished: FinishedRequest) -> None:
         req = finished.request
@@ -197,12 +174,12 @@ class MeteringPipeline:
             self._queue.put((_FINISH, finished))
 
     # the pipeline's thread ----------------------------------------------------------------
-    def _account_step(self, step: StepRecord, kv_bytes: dict[str, int], end_ns: int) -> None:
-        shares = attribute(step, self.cost_model(step.engine_id))
+    def _account_step(
+        self, step: StepRecord, shares: StepShares, kv_bytes: dict[str, int], end_ns: int
+    ) -> None:
         self.book.add(step, shares, kv_bytes)
         if self.step_sink is not None:
             self.step_sink(end_ns - step.device_us * 1000, end_ns, shares)
-        self._rates.setdefault(step.engine_id, _Rates()).observe(step)
         m = self._step_metrics.get(step.engine_id) or self._bind_step_metrics(step.engine_id)
         m.seconds.observe(step.device_us / 1e6)
         m.batch.observe(len(step.participants))
@@ -280,6 +257,7 @@ class MeteringPipeline:
             cost_model_version=self.cost_model(info.engine_id).version,
             ru_table_version=self.ru_table.version,
             price_plan_version=self.plan.version,
+            stopped_by=finished.stopped_by,
         )
 
     def warmup_record(self, info: EngineInfo, steps: list[StepRecord]) -> UsageRecord:
@@ -316,14 +294,37 @@ class MeteringPipeline:
             warmup=True,
         )
 
+    # budget reservations and caps (app.cost_caps states the bound) ------------------------
+    def ceilings(self, engine_id: str) -> CostCeilings:
+        found = self._ceilings.get(engine_id)
+        if found is None:
+            found = self._ceilings[engine_id] = CostCeilings()
+        return found
+
+    def reservation(
+        self, info: EngineInfo, tier: ServiceTier, prompt_tokens: int, max_tokens: int
+    ) -> tuple[Decimal, Decimal]:
+        """(bound, minimum): the request's cost at the per-token ceilings, and the same for
+        its prompt and one token. An upper bound for reservations, never a price."""
+        ceilings, pricer = self.ceilings(info.engine_id), Pricer(self.ru_table, self.plan, info, tier)
+        prefill = ceilings.prefill_us(prompt_tokens)
+        bound = pricer.cost(prefill, ceilings.decode_us(max_tokens))
+        return bound, pricer.cost(prefill, ceilings.decode_us(1))
+
     def estimate_cost(
         self, info: EngineInfo, tier: ServiceTier, prompt_tokens: int, max_tokens: int
     ) -> Decimal:
-        """A bounded worst case for the budget reservation: never used as a price."""
-        rates = self._rates.get(info.engine_id, _Rates())
-        prefill_us, decode_us = rates.estimate_us(prompt_tokens, max_tokens)
-        ru = self.ru_table.ru_micros(info.device_class, info.precision, prefill_us, decode_us)
-        return self.plan.cost(ru, tier) * RESERVE_SAFETY
+        """The reservation bound alone (see ``reservation``)."""
+        return self.reservation(info, tier, prompt_tokens, max_tokens)[0]
+
+    def cost_cap(
+        self, request_id: str, info: EngineInfo, tier: ServiceTier, grant: Grant
+    ) -> RequestCap | None:
+        """The cap the worker enforces for a reservation; None when the tenant has no limit."""
+        if not grant.capped or not self.enabled:
+            return None
+        pricer = Pricer(self.ru_table, self.plan, info, tier)
+        return RequestCap(request_id, grant.amount, pricer, self.ceilings(info.engine_id), self.budgets)
 
     def _count(self, record: UsageRecord) -> None:
         labels = (record.tenant_id, record.service_tier.value, record.model)

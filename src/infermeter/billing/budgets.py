@@ -1,16 +1,22 @@
 """Tenant spend limits, enforced by reserve-then-settle.
 
-At admission a request reserves a bounded worst-case cost; it is admitted only if
-spent + reserved + amount <= limit. When its usage record is durable the reservation is
-settled to the measured cost (reserved -= reservation, spent += actual); a request that
-fails before billing releases its reservation. Settle and release are idempotent on the
-request id, so a retried callback never charges twice.
+At admission a request reserves an amount; it is admitted only if
+spent + reserved + amount <= limit. ``reserve_up_to`` grants less than asked when less is
+left (down to a stated minimum), and the request runs under that amount as its cost cap;
+``extend`` grows a running request's reservation when its cap would stop it and the
+tenant still has budget. When its usage record is durable the reservation is settled to
+the measured cost (reserved -= reservation, spent += actual); a request that fails before
+billing releases its reservation. Settle and release are idempotent on the request id, so
+a retried callback never charges twice.
 
 Design: embedded, single process. A tenant's spent total is loaded once from the store
 (``spent_of``) and then maintained in memory under one lock; it stays right because every
-billed record of this process passes through ``settle``. Corrections appended elsewhere
-reach it via ``refresh(tenant_id, spent=True)``. The PostgreSQL path does the same check in
-one conditional UPDATE per budget row, so several processes can share a limit.
+billed record of this process passes through ``settle``, and every correction issued by
+this process through ``adjust`` (its delta applied under the lock: re-reading spent would
+miss or double-count records between their ledger append and their settle). A limit
+changed elsewhere (the CLI) is re-read at most ``limit_ttl_s`` after the change. The
+PostgreSQL path does the same check in one conditional UPDATE per budget row, so several
+processes can share a limit.
 """
 
 from __future__ import annotations
@@ -35,6 +41,14 @@ class _Account:
     limit: Decimal | None
     spent: Decimal
     reserved: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What ``reserve_up_to`` reserved: ``amount``; ``capped`` is False for an unlimited tenant."""
+
+    amount: Decimal
+    capped: bool
 
 
 def _amount(value: Decimal, what: str) -> Decimal:
@@ -98,12 +112,7 @@ class Budgets:
             raise ValueError(f"reservation for {request_id} is {amount}; it must be >= 0")
         account = self._account(tenant_id)
         with self._lock:
-            if request_id in self._reservations or request_id in self._finished:
-                raise InvalidRequest(
-                    f"request id {request_id!r} already has a budget reservation; "
-                    "give every request a new id",
-                    param="request_id",
-                )
+            self._check_new(request_id)
             limit = account.limit
             if limit is not None and account.spent + account.reserved + amount > limit:
                 raise BudgetExceeded(
@@ -115,6 +124,80 @@ class Budgets:
                 )
             account.reserved += amount
             self._reservations[request_id] = (tenant_id, amount)
+
+    def reserve_up_to(self, tenant_id: str, request_id: str, amount: Decimal, minimum: Decimal) -> Grant:
+        """Hold ``amount``, or what is left of the limit if that is less but at least ``minimum``.
+
+        The grant is the request's cost cap when ``capped``. Raises BudgetExceeded when not even
+        ``minimum`` fits.
+        """
+        amount, minimum = _amount(amount, "reservation amount"), _amount(minimum, "minimum")
+        if amount < 0 or minimum < 0:
+            raise ValueError(
+                f"reservation for {request_id} is {amount} (minimum {minimum}); both must be >= 0"
+            )
+        minimum = min(minimum, amount)
+        account = self._account(tenant_id)
+        with self._lock:
+            self._check_new(request_id)
+            limit = account.limit
+            granted = amount
+            if limit is not None:
+                left = limit - account.spent - account.reserved
+                if left < minimum:
+                    raise BudgetExceeded(
+                        f"tenant {tenant_id} budget exceeded: limit {format_decimal(limit)}, "
+                        f"spent {format_decimal(account.spent)}, reserved (in flight) "
+                        f"{format_decimal(account.reserved)}, this request needs at least "
+                        f"{format_decimal(minimum)} (its prompt and one token). Ask an admin to "
+                        "raise the budget, wait for in-flight requests to finish, or shorten the prompt"
+                    )
+                granted = min(amount, left)
+            account.reserved += granted
+            self._reservations[request_id] = (tenant_id, granted)
+            return Grant(granted, limit is not None)
+
+    def extend(self, request_id: str, want: Decimal, minimum: Decimal) -> Decimal:
+        """Grow a held reservation by ``want``, or by what is left if at least ``minimum``.
+
+        Returns the amount added (0 when not even ``minimum`` fits or the request holds no
+        reservation). Runs on the worker thread when a request's cap would stop it.
+        """
+        want, minimum = _amount(want, "extension"), _amount(minimum, "minimum")
+        with self._lock:
+            held = self._reservations.get(request_id)
+            if held is None or want <= 0:
+                return Decimal(0)
+            tenant_id, amount = held
+            account = self._accounts[tenant_id]
+            grow = want
+            if account.limit is not None:
+                grow = min(want, account.limit - account.spent - account.reserved)
+                if grow < min(minimum, want) or grow <= 0:
+                    return Decimal(0)
+            account.reserved += grow
+            self._reservations[request_id] = (tenant_id, amount + grow)
+            return grow
+
+    def adjust(self, tenant_id: str, delta: Decimal) -> None:
+        """Add ``delta`` to the tenant's spent total (a correction: negative for a credit).
+
+        Applied under the lock, so no settle is lost or counted twice. A tenant not loaded
+        yet needs nothing: its first use reads the store, which already holds the correction.
+        """
+        delta = _amount(delta, "correction delta")
+        with self._lock:
+            account = self._accounts.get(tenant_id)
+            if account is not None:
+                account.spent += delta
+
+    def _check_new(self, request_id: str) -> None:
+        """Refuse a request id that already reserved (caller holds the lock)."""
+        if request_id in self._reservations or request_id in self._finished:
+            raise InvalidRequest(
+                f"request id {request_id!r} already has a budget reservation; give every request a new id",
+                param="request_id",
+            )
 
     def _finish(self, request_id: str) -> tuple[_Account, Decimal] | None:
         """Drop the reservation (caller holds the lock); None if unknown or already finished."""
@@ -158,7 +241,8 @@ class Budgets:
         """Reload the tenant's limit (after a change); with ``spent=True`` also its spent total.
 
         Reload spent only when no record of the tenant is between its ledger append and its
-        settle, or that record would be counted twice.
+        settle (at start, in tests), or that record would be counted twice; a correction
+        while serving uses ``adjust``.
         """
         with self._lock:
             loaded = tenant_id in self._accounts
@@ -182,4 +266,4 @@ class Budgets:
             return None if held is None else held[1]
 
 
-__all__ = ["FINISHED_MEMORY", "Budgets"]
+__all__ = ["FINISHED_MEMORY", "Budgets", "Grant"]

@@ -38,7 +38,7 @@ _KNOWN_FIELDS = frozenset(
     "prompt_tokens completion_tokens cached_tokens device_us prefill_us decode_us kv_mb_s "
     "ru_micros cost currency queue_ms latency_ms started_at ended_at cost_model_version "
     "ru_table_version price_plan_version warmup kind corrects reason weighted_device_ms "
-    "dram_score energy_mj".split()
+    "dram_score energy_mj stopped_by".split()
 )
 # The enums are StrEnums, so the C string encoder writes their value directly.
 _ALL_FIELDS = tuple(f.name for f in fields(UsageRecord))
@@ -118,6 +118,7 @@ def encode_event(record: UsageRecord) -> tuple[str, str, str]:
         is type(ru)
         and (energy is None or type(energy) is int)
         and type(r.warmup) is bool
+        and r.stopped_by is None  # optional fields, when set, take the reference path
         and -_LIMIT < us < _LIMIT
         and -_LIMIT < ru < _LIMIT
         and (not _EXTRA or all(getattr(r, name) is None for name in _EXTRA))

@@ -151,7 +151,8 @@ def cmd_tenants_budget(args: argparse.Namespace) -> int:
         tenant = store.set_budget(_tenant(store, args.name).tenant_id, _budget(args.amount))
     finally:
         store.close()
-    out.print(f"budget of {tenant.name}: {'unlimited' if tenant.budget is None else tenant.budget}")
+    shown = "unlimited" if tenant.budget is None else tenant.budget
+    out.print(f"budget of {tenant.name}: {shown} (a running server applies it within 5 s)")
     return 0
 
 

@@ -19,6 +19,7 @@ from infermeter.core.types import Phase, Precision, ServiceTier, Status
 CLOUDEVENT_TYPE = "dev.infermeter.usage.v1"
 CLOUDEVENT_SOURCE = "infermeter"
 PLATFORM_TENANT = "platform"  # the tenant of warm-up and other platform-overhead records
+OPTIONAL_FIELDS = frozenset({"stopped_by"})  # encoded only when not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,8 @@ class UsageRecord:
     weighted_device_ms: Decimal | None = None
     dram_score: Decimal | None = None
     energy_mj: int | None = None
+    # "budget" when the request's cost cap ended it; only set fields are encoded (see data())
+    stopped_by: str | None = None
 
     @property
     def device_ms(self) -> Decimal:
@@ -137,10 +140,16 @@ class UsageRecord:
         return self.prompt_tokens + self.completion_tokens
 
     def data(self) -> dict[str, Any]:
-        """The event's ``data``: JSON-safe, decimals as strings, integers exact."""
+        """The event's ``data``: JSON-safe, decimals as strings, integers exact.
+
+        Fields added after the ledger's first entries (``OPTIONAL_FIELDS``) appear only when
+        set, so the canonical encoding, and the hash, of every older entry stays the same.
+        """
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None and f.name in OPTIONAL_FIELDS:
+                continue
             if isinstance(value, Decimal):
                 value = format_decimal(value)
             elif isinstance(value, datetime):
@@ -198,6 +207,7 @@ def canonical_json(obj: Any) -> bytes:
 
 __all__ = [
     "CLOUDEVENT_TYPE",
+    "OPTIONAL_FIELDS",
     "PLATFORM_TENANT",
     "Participant",
     "StepRecord",

@@ -8,6 +8,19 @@ which prices it, makes it durable and only then calls the request's ``on_finish`
 ``flex`` work runs below ``default`` work: when several engines have work, an engine whose
 requests are all ``flex`` gets a step only when no ``default`` engine has work, or once
 every ``flex_every`` steps so it is never starved.
+
+Fault isolation: an error caused by one request (its sampling, its stop strings, decoding
+its tokens, its callbacks) fails that request only (status ``failed``, priced at zero) and
+the batch goes on. When ``engine.step`` itself raises, only that step's requests fail:
+those that had run an earlier step end ``failed`` (one record each, priced at zero); those
+whose first step it was end with an ``Unavailable`` error and no record. Requests waiting
+for the engine are untouched.
+
+Cost caps: a request may carry a ``CostCap`` (its budget reservation, priced by the billing
+side). Before each step the worker asks the cap whether the request's part of the step
+still fits; if not, the request ends as ``length`` with ``stopped_by="budget"`` (or, if it
+never ran, with ``BudgetExceeded`` and no record). After each step it charges every capped
+request its attributed share, the same shares the request is priced from.
 """
 
 from __future__ import annotations
@@ -23,11 +36,19 @@ from typing import Protocol
 
 import numpy as np
 
-from infermeter.core.records import Participant, StepRecord, utc_now
+from infermeter.core.errors import BudgetExceeded, Unavailable
+from infermeter.core.records import Participant, StepRecord, StepShares, utc_now
 from infermeter.core.types import ServiceTier, Status
 from infermeter.runtime.engine import Engine, EngineInfo, SeqInput
-from infermeter.runtime.sampling import SamplingParams, sample
-from infermeter.runtime.scheduler import Finished, FinishReason, Scheduler, SchedulerConfig, StepPlan
+from infermeter.runtime.sampling import SamplingParams, generator, sample
+from infermeter.runtime.scheduler import (
+    Finished,
+    FinishReason,
+    PlanItem,
+    Scheduler,
+    SchedulerConfig,
+    StepPlan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +57,21 @@ log = logging.getLogger(__name__)
 class TokenEvent:
     text: str  # newly decoded text (may be empty while a UTF-8 sequence is incomplete)
     token_id: int
+
+
+class CostCap(Protocol):
+    """A request's spend limit, kept by the billing side; the worker only reports and asks."""
+
+    def charge(self, prefill_us: int, decode_us: int) -> None:
+        """Add the request's attributed share of one step (µs, by phase)."""
+        ...
+
+    def allows(self, prefill_tokens: int, decode_tokens: int) -> bool:
+        """True if a step feeding these tokens keeps the request within its cap."""
+        ...
+
+
+BUDGET = "budget"  # FinishedRequest.stopped_by when a request's cost cap ended it
 
 
 @dataclass(slots=True)
@@ -59,6 +95,10 @@ class GenerationRequest:
     output_text: str = ""
     emitted: int = 0  # characters of output_text already sent to on_token
     rng: np.random.Generator | None = None
+    cap: CostCap | None = None  # None: no budget limit to enforce
+    token_counts: dict[int, int] = field(default_factory=dict)  # output tokens, for penalties
+    stopped_by: str | None = None  # BUDGET when the cost cap ended it
+    error: str | None = None  # why the worker failed it (status failed, or an error outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +116,13 @@ class FinishedRequest:
     latency_ms: int
     started_at: datetime
     ended_at: datetime
+    stopped_by: str | None = None
 
 
 class WorkerSink(Protocol):
-    def on_step(self, step: StepRecord, kv_bytes: dict[str, int]) -> None: ...
+    def on_step(self, step: StepRecord, kv_bytes: dict[str, int]) -> StepShares | None:
+        """Take a step's record; return its attribution if computed now (it charges cost caps)."""
+        ...
 
     def on_finish(self, finished: FinishedRequest) -> None:
         """Price and persist; call ``finished.request.on_finish`` once the record is durable."""
@@ -111,6 +154,8 @@ class Worker:
         self._step_id = 0
         self._flex_every = flex_every
         self._since_flex = 0
+        self._plan: StepPlan | None = None  # the step in progress, failed as a whole on a bug
+        self._fresh: set[str] = set()  # its requests that had not run a step before it
         self.steps = 0
 
     # set-up ---------------------------------------------------------------------
@@ -181,20 +226,19 @@ class Worker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self._drain_inbox()
-            except Exception:  # one bad message must not stop the device's only loop
-                log.exception("worker inbox")
+            self._drain_inbox()
             slot = self._pick()
             if slot is None:
                 self._wake.wait(0.05)
                 self._wake.clear()
                 continue
+            self._plan = None
             try:
                 self._step(slot)
-            except Exception as exc:  # an engine failure fails its running requests, not the worker
+            except Exception as exc:  # a bug past the engine: fail that step's requests, not the worker
                 log.exception("step failed on %s", slot.engine.info.engine_id)
-                self._fail_all(slot, exc)
+                if self._plan is not None:
+                    self._fail_step(slot, self._plan, exc, self._fresh)
 
     def _drain_inbox(self) -> None:
         while True:
@@ -202,30 +246,44 @@ class Worker:
                 op, arg = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if op == "submit":
-                assert isinstance(arg, GenerationRequest)
-                slot = self._slots[arg.engine_id]
-                try:
-                    slot.scheduler.add(
-                        arg.request_id,
-                        arg.prompt_ids,
-                        max_tokens=arg.max_tokens,
-                        tier=arg.tier,
-                        eos_token_id=slot.engine.info.eos_token_id,
-                    )
-                except ValueError as exc:  # admission checks this first; never kill the loop
-                    if arg.on_finish is not None:
-                        arg.on_finish(exc)
-                    continue
-                self._requests[arg.request_id] = arg
-                if arg.rng is None:
-                    arg.rng = np.random.default_rng(arg.sampling.seed)
-            elif op == "cancel":
-                assert isinstance(arg, str)
-                for slot in self._slots.values():
-                    fin = slot.scheduler.abort(arg)
-                    if fin is not None:
-                        self._finish(slot, fin)
+            try:
+                if op == "submit":
+                    assert isinstance(arg, GenerationRequest)
+                    self._admit(arg)
+                elif op == "cancel":
+                    assert isinstance(arg, str)
+                    for slot in self._slots.values():
+                        fin = slot.scheduler.abort(arg)
+                        if fin is not None:
+                            self._finish(slot, fin)
+            except Exception:  # one bad message must not stop the device's only loop
+                log.exception("worker inbox: %s", op)
+
+    def _admit(self, req: GenerationRequest) -> None:
+        slot = self._slots[req.engine_id]
+        try:
+            if req.rng is None:
+                req.rng = generator(req.sampling.seed)
+            slot.scheduler.add(
+                req.request_id,
+                req.prompt_ids,
+                max_tokens=req.max_tokens,
+                tier=req.tier,
+                eos_token_id=slot.engine.info.eos_token_id,
+            )
+        except (ValueError, TypeError) as exc:  # admission checks this first; never kill the loop
+            self._refuse(req, exc)
+            return
+        self._requests[req.request_id] = req
+
+    def _refuse(self, req: GenerationRequest, exc: BaseException) -> None:
+        """End a request that never ran a step: no record, its outcome is the error."""
+        req.error = str(exc)
+        if req.on_finish is not None:
+            try:
+                req.on_finish(exc)
+            except Exception:
+                log.exception("on_finish of %s", req.request_id)
 
     def _pick(self) -> _EngineSlot | None:
         busy = [s for s in self._slots.values() if s.scheduler.has_work()]
@@ -241,15 +299,23 @@ class Worker:
         return pool[self.steps % len(pool)]
 
     def _step(self, slot: _EngineSlot) -> None:
-        plan = slot.scheduler.schedule()
+        plan = self._within_caps(slot, slot.scheduler.schedule())
         if not plan:
             return
         now = time.monotonic_ns()
+        fresh: set[str] = set()  # requests whose first step this is
         for item in plan.items:
             req = self._requests[item.request_id]
             if req.first_step_ns is None:
                 req.first_step_ns = now
-        out = slot.engine.step([SeqInput(i.request_id, i.tokens) for i in plan.items])
+                fresh.add(item.request_id)
+        self._plan, self._fresh = plan, fresh
+        try:
+            out = slot.engine.step([SeqInput(i.request_id, i.tokens) for i in plan.items])
+        except Exception as exc:  # engine-wide: this step's requests fail, the worker goes on
+            log.exception("engine %s failed a step", slot.engine.info.engine_id)
+            self._fail_step(slot, plan, exc, fresh)
+            return
         self.steps += 1
         info = slot.engine.info
         step = StepRecord(
@@ -262,19 +328,81 @@ class Worker:
         )
         per_token = info.kv_bytes_per_token
         kv = {i.request_id: (i.context + len(i.tokens)) * per_token for i in plan.items}
-        self._sink.on_step(step, kv)
-        sampled = self._sample(plan, out.logits)
+        shares = self._sink.on_step(step, kv)
+        self._fresh = set()  # the step is on the books: every participant has now run
+        if shares is not None:
+            self._charge(slot, plan, shares)
+        sampled = self._sample(slot, plan, out.logits)
         for fin in slot.scheduler.update(plan, sampled):
             self._finish(slot, fin)
         self._emit_tokens(slot, plan, sampled)
+        self._plan = None
 
-    def _sample(self, plan: StepPlan, logits: dict[str, np.ndarray]) -> dict[str, int]:
+    def _within_caps(self, slot: _EngineSlot, plan: StepPlan) -> StepPlan:
+        """The plan without the items whose request's cost cap the step would pass."""
+        keep: list[PlanItem] = []
+        for item in plan.items:
+            req = self._requests[item.request_id]
+            if req.cap is not None:
+                prefill, decode = (0, len(item.tokens)) if item.decode else (len(item.tokens), 0)
+                try:
+                    fits = req.cap.allows(prefill, decode)
+                except Exception as exc:
+                    self._fail_request(slot, req, exc)
+                    continue
+                if not fits:
+                    self._stop_for_budget(slot, req)
+                    continue
+            keep.append(item)
+        return plan if len(keep) == len(plan.items) else StepPlan(tuple(keep))
+
+    def _stop_for_budget(self, slot: _EngineSlot, req: GenerationRequest) -> None:
+        fin = slot.scheduler.abort(req.request_id, FinishReason.LENGTH)
+        req.stopped_by = BUDGET
+        if req.first_step_ns is not None:
+            if fin is not None:
+                self._finish(slot, fin)
+            return
+        self._requests.pop(req.request_id, None)
+        slot.engine.release(req.request_id)
+        self._refuse(
+            req,
+            BudgetExceeded(
+                f"request {req.request_id} was stopped before its first step: the tenant's "
+                "budget no longer covers it; it was not charged. Ask an admin to raise the "
+                "budget or wait for in-flight requests to finish"
+            ),
+        )
+
+    def _charge(self, slot: _EngineSlot, plan: StepPlan, shares: StepShares) -> None:
+        for item in plan.items:
+            req = self._requests.get(item.request_id)
+            if req is None or req.cap is None:
+                continue
+            us = shares.shares.get(item.request_id, 0)
+            try:
+                req.cap.charge(0, us) if item.decode else req.cap.charge(us, 0)
+            except Exception as exc:
+                self._fail_request(slot, req, exc)
+
+    def _sample(self, slot: _EngineSlot, plan: StepPlan, logits: dict[str, np.ndarray]) -> dict[str, int]:
         sampled: dict[str, int] = {}
         for item in plan.items:
-            if item.samples:
-                req = self._requests[item.request_id]
+            if not item.samples:
+                continue
+            req = self._requests.get(item.request_id)
+            if req is None:
+                continue  # failed earlier in this step
+            try:
                 assert req.rng is not None
-                sampled[item.request_id] = sample(logits[item.request_id], req.sampling, req.rng)
+                counts = req.token_counts if req.sampling.penalized else None
+                token = sample(logits[item.request_id], req.sampling, req.rng, counts)
+            except Exception as exc:  # this request's fault (or its logits'): it alone fails
+                self._fail_request(slot, req, exc)
+                continue
+            if counts is not None:
+                counts[token] = counts.get(token, 0) + 1
+            sampled[item.request_id] = token
         return sampled
 
     def _emit_tokens(self, slot: _EngineSlot, plan: StepPlan, sampled: dict[str, int]) -> None:
@@ -283,18 +411,21 @@ class Worker:
             seq = slot.scheduler.get(request_id)
             if req is None or seq is None:
                 continue  # finished this step; _finish sent its text
-            self._advance_text(slot, req, seq.output)
-            if _find_stop(req.output_text, req.stop) is not None:
-                fin = slot.scheduler.abort(request_id, FinishReason.STOP)
-                if fin is not None:
-                    self._finish(slot, fin)
-                continue
-            # hold back a tail that could still become a stop string
-            hold = max((len(s) for s in req.stop), default=1) - 1
-            safe = len(req.output_text) - hold
-            if safe > req.emitted and req.on_token is not None:
-                req.on_token(TokenEvent(req.output_text[req.emitted : safe], token))
-                req.emitted = safe
+            try:
+                self._advance_text(slot, req, seq.output)
+                if _find_stop(req.output_text, req.stop) is not None:
+                    fin = slot.scheduler.abort(request_id, FinishReason.STOP)
+                    if fin is not None:
+                        self._finish(slot, fin)
+                    continue
+                # hold back a tail that could still become a stop string
+                hold = max((len(s) for s in req.stop), default=1) - 1
+                safe = len(req.output_text) - hold
+                if safe > req.emitted and req.on_token is not None:
+                    req.on_token(TokenEvent(req.output_text[req.emitted : safe], token))
+                    req.emitted = safe
+            except Exception as exc:
+                self._fail_request(slot, req, exc)
 
     def _advance_text(self, slot: _EngineSlot, req: GenerationRequest, output: list[int]) -> None:
         eos = slot.engine.info.eos_token_id
@@ -305,19 +436,40 @@ class Worker:
         if len(text) >= len(req.output_text):
             req.output_text = text
 
+    def _fail_request(self, slot: _EngineSlot, req: GenerationRequest, exc: BaseException) -> None:
+        """One request's own error: it ends ``failed`` (priced at zero); the others go on."""
+        log.warning("request %s failed in the worker: %r", req.request_id, exc)
+        fin = slot.scheduler.abort(req.request_id, FinishReason.CANCELLED)
+        if req.first_step_ns is None:  # it never ran: no record
+            self._requests.pop(req.request_id, None)
+            slot.engine.release(req.request_id)
+            self._refuse(req, exc)
+            return
+        req.error = f"{type(exc).__name__}: {exc}"
+        self._finish(slot, fin or Finished(req.request_id, FinishReason.CANCELLED, ()), Status.FAILED)
+
     def _finish(self, slot: _EngineSlot, fin: Finished, status: Status | None = None) -> None:
         req = self._requests.pop(fin.request_id, None)
         slot.engine.release(fin.request_id)
         if req is None:
             return
-        self._advance_text(slot, req, list(fin.output))
+        if status != Status.FAILED:
+            try:
+                self._advance_text(slot, req, list(fin.output))
+            except Exception as exc:  # its decode is broken: it fails, alone
+                req.error = f"{type(exc).__name__}: {exc}"
+                status = Status.FAILED
         text = req.output_text
         reason = fin.reason
         stop_at = _find_stop(text, req.stop)
         if stop_at is not None:
             text, reason = text[:stop_at], FinishReason.STOP
-        if reason != FinishReason.CANCELLED and len(text) > req.emitted and req.on_token is not None:
-            req.on_token(TokenEvent(text[req.emitted :], fin.output[-1] if fin.output else -1))
+        if status is None and reason != FinishReason.CANCELLED and len(text) > req.emitted:
+            if req.on_token is not None:
+                try:
+                    req.on_token(TokenEvent(text[req.emitted :], fin.output[-1] if fin.output else -1))
+                except Exception:  # the listener is gone; the record is still written
+                    log.exception("on_token of %s", req.request_id)
             req.emitted = len(text)
         now_ns = time.monotonic_ns()
         first = req.first_step_ns or now_ns
@@ -339,16 +491,32 @@ class Worker:
             latency_ms=(now_ns - req.arrived_ns) // 1_000_000,
             started_at=req.arrived_at,
             ended_at=utc_now(),
+            stopped_by=req.stopped_by if status == Status.LENGTH else None,
         )
         self._sink.on_finish(finished)
 
-    def _fail_all(self, slot: _EngineSlot, exc: Exception) -> None:
-        """An engine failure is the platform's fault: its requests end ``failed`` (priced at zero)."""
-        for req in list(self._requests.values()):
-            if req.engine_id == slot.engine.info.engine_id:
-                fin = slot.scheduler.abort(req.request_id, FinishReason.CANCELLED)
-                if fin is not None:
-                    self._finish(slot, fin, Status.FAILED)
+    def _fail_step(self, slot: _EngineSlot, plan: StepPlan, exc: BaseException, fresh: set[str]) -> None:
+        """The engine failed a step: only that step's requests end (see the module docstring)."""
+        engine_id = slot.engine.info.engine_id
+        for item in plan.items:
+            req = self._requests.get(item.request_id)
+            if req is None:
+                continue
+            fin = slot.scheduler.abort(item.request_id, FinishReason.CANCELLED)
+            message = (
+                f"engine {engine_id} failed while running request {item.request_id} "
+                f"({type(exc).__name__}: {exc}); it was not charged; retry the request"
+            )
+            if item.request_id in fresh:  # it never ran: no record, its reservation is released
+                self._requests.pop(item.request_id, None)
+                slot.engine.release(item.request_id)
+                self._refuse(req, Unavailable(message))
+            else:
+                req.error = message
+                self._finish(
+                    slot, fin or Finished(item.request_id, FinishReason.CANCELLED, ()), Status.FAILED
+                )
+        self._plan = None
 
 
 def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
