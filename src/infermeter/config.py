@@ -37,6 +37,7 @@ class Settings:
     window_ms: int = 100  # sampler window length (GPM needs >= 100 ms)
     checkpoint_interval_s: int = 60  # sign a ledger checkpoint this often when it grew; 0 = only on demand
     log_level: str = "info"
+    max_body_bytes: int = 1024 * 1024  # request bodies over this get a 413 before they are read
 
     @property
     def db_path(self) -> Path:
@@ -94,6 +95,10 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
         raise ConfigError(
             f"checkpoint_interval_s={settings.checkpoint_interval_s} must be >= 0 "
             "(60 is the default; 0 signs checkpoints only on demand)"
+        )
+    if settings.max_body_bytes < 1:
+        raise ConfigError(
+            f"max_body_bytes={settings.max_body_bytes} must be >= 1 (1048576, 1 MiB, is the default)"
         )
     if settings.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"synchronous={settings.synchronous!r}; use NORMAL, FULL or EXTRA")

@@ -20,6 +20,7 @@ from infermeter.core.money import format_decimal
 router = APIRouter()
 
 MAX_PAGE = 1000
+INT64_MAX = 2**63 - 1  # the largest integer SQLite stores: ledger positions never pass it
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -74,7 +75,9 @@ def usage_records(
     request: Request,
     key: ApiKey = Depends(api_key),
     limit: int = Query(50, ge=1, le=MAX_PAGE),
-    after: int | None = Query(None, ge=-1, description="seq of the last record of the previous page"),
+    after: int | None = Query(
+        None, ge=-1, le=INT64_MAX, description="seq of the last record of the previous page"
+    ),
     start: str | None = None,
     end: str | None = None,
 ) -> dict[str, Any]:

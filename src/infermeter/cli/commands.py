@@ -67,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "intra_op_threads": args.threads,
         "log_level": args.log_level,
         "model_dir": args.model_dir,
+        "max_body_bytes": args.max_body_bytes,
     }
     if args.no_int8:
         overrides["int8"] = False
@@ -298,6 +299,12 @@ def register(sub: Any) -> None:
         help="also serve this model directory (Optimum export: model.onnx, config.json, tokenizer.json)",
     )
     p.add_argument("--log-level", dest="log_level")
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        dest="max_body_bytes",
+        help="refuse request bodies larger than this with a 413 (default 1048576 = 1 MiB)",
+    )
     p.set_defaults(handler=cmd_serve)
 
     tenants = sub.add_parser("tenants", help="create and list tenants").add_subparsers(
