@@ -105,8 +105,9 @@ def assert_413(response: bytes, limit: int) -> dict[str, object]:
     assert isinstance(error, dict)
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "request_too_large" and error["type"] == "invalid_request_error"
-    assert f"{limit:,} bytes" in str(error["message"])
-    assert "--max-body-bytes" in str(error["message"]) and "INFERMETER_MAX_BODY_BYTES" in str(error["message"])
+    message = str(error["message"])
+    assert f"{limit:,} bytes" in message
+    assert "--max-body-bytes" in message and "INFERMETER_MAX_BODY_BYTES" in message
     return error
 
 
