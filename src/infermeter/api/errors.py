@@ -129,6 +129,12 @@ def install(app: FastAPI) -> None:
                 f"({first.get('ctx', {}).get('error', 'parse error')}); send a JSON object"
             )
             return envelope(400, msg, "invalid_request_error", None, "invalid_json")
+        if not where and kind in ("model_attributes_type", "dict_type"):
+            msg = (
+                "the request body is not a JSON object; send one with "
+                "'Content-Type: application/json'"
+            )
+            return envelope(400, msg, "invalid_request_error", None, "invalid_json")
         if kind == "missing":
             msg = f"'{where}' is required; add it to the request body"
         else:
@@ -149,6 +155,8 @@ def install(app: FastAPI) -> None:
             msg = f"{request.method} {request.url.path} does not exist; see /docs for the API"
         elif exc.status_code == 405:
             msg = f"{request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 400 and msg == "There was an error parsing the body":
+            msg = "the request body could not be parsed (JSON nested too deeply?); send a flat JSON object"
         return envelope(exc.status_code, msg, "invalid_request_error", None, None)
 
     @app.exception_handler(Exception)

@@ -33,7 +33,14 @@ def _time(value: str | None, name: str) -> datetime | None:
             f"{name}={value!r} is not an ISO 8601 date or time; use e.g. 2026-11-01 or 2026-11-01T00:00:00Z",
             param=name,
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:  # in UTC here, so that no later conversion can overflow
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except OverflowError:
+        raise InvalidRequest(
+            f"{name}={value!r} is outside the years 0001-9999 once converted to UTC; "
+            "send a time between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+            param=name,
+        ) from None
 
 
 def row_view(row: UsageRow) -> dict[str, Any]:

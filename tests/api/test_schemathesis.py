@@ -1,0 +1,90 @@
+"""Schemathesis against the live server's /openapi.json: no 5xx, and every answer as documented.
+
+Every operation is called with generated data, valid and invalid (schemathesis' positive
+and negative modes), once with a tenant key and once with an admin key. The completion
+bodies' ``model`` is an enum of the models served in the document itself, so positive cases
+name a real model and reach the engine. The checks: no server error, a status code and a
+content type the document lists for the operation, and a body that matches its schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is missing: pip install 'infermeter[test]'")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis.errors import Unsatisfiable  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.conftest import LiveServer, fake_service, run_server  # noqa: E402
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+MAX_EXAMPLES = 10  # per operation, key and mode: ~20 operations x 2 keys x 2 modes x 10 cases
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    yield from run_server(fake_service(tmp_path_factory.mktemp("schemathesis")))
+
+
+@pytest.fixture(scope="module")
+def api_schema(live: LiveServer) -> Any:
+    return schemathesis.openapi.from_url(live.url + "/openapi.json")
+
+
+def test_the_document_names_the_models_served(live: LiveServer, api_schema: Any) -> None:
+    """The completion bodies' ``model`` lists exactly the router's models, so cases use them."""
+    models = sorted(live.service.router.models())
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        field = api_schema.raw_schema["components"]["schemas"][name]["properties"]["model"]
+        assert sorted(field["enum"]) == models
+
+
+SETTINGS = settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,  # the same cases on every run: a failure here reproduces
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+
+
+def failures(api_schema: Any, key: str, mode: GenerationMode) -> list[str]:
+    """Run every operation's generated cases with ``key``; one line per operation that failed."""
+    found = []
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @SETTINGS
+        def run(case: Any) -> None:
+            case.call_and_validate(headers={"authorization": f"Bearer {key}"}, checks=CHECKS, timeout=30)
+
+        try:
+            run()
+        except Unsatisfiable:  # nothing to make invalid (an operation without parameters)
+            assert mode == GenerationMode.NEGATIVE, operation.label
+        except Exception as exc:  # a failed check: keep going, report every operation at once
+            found.append(f"{operation.label} ({mode.value}): {exc}")
+    return found
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
+@pytest.mark.parametrize("role", ["tenant", "admin"])
+def test_no_5xx_and_every_answer_as_documented(
+    live: LiveServer, api_schema: Any, role: str, mode: GenerationMode
+) -> None:
+    """Generated requests, valid or not, with a tenant or admin key: no 5xx; status, type, body documented."""
+    key = live.keys["alpha"] if role == "tenant" else live.admin_key
+    found = failures(api_schema, key, mode)
+    assert not found, "\n\n".join(found)
