@@ -72,6 +72,7 @@ def test_each_route_lists_the_statuses_it_returns(
 
 def test_non_json_answers_declare_their_media_types(document: dict[str, Any]) -> None:
     """Streams, CSV invoices, JSON-lines exports and Prometheus text are declared as such."""
+
     def types(method: str, path: str) -> set[str]:
         return set(document["paths"][path][method]["responses"]["200"]["content"])
 

@@ -27,7 +27,8 @@ def integer_params(document: dict[str, Any]) -> list[tuple[str, str, int | None,
             continue
         params = ops["get"].get("parameters", [])
         for p in params:
-            schema = next((s for s in p["schema"].get("anyOf", [p["schema"]]) if s.get("type") == "integer"), None)
+            options = p["schema"].get("anyOf", [p["schema"]])
+            schema = next((s for s in options if s.get("type") == "integer"), None)
             if schema is not None:
                 others = [q["name"] for q in params if q["required"] and q["name"] != p["name"]]
                 out.append((path, p["name"], schema.get("minimum"), schema.get("maximum"), others))

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is missing: pip install 'infermeter[test]'")
+schemathesis = pytest.importorskip(
+    "schemathesis", reason="schemathesis is missing: pip install 'infermeter[test]'"
+)
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402

@@ -130,10 +130,7 @@ def install(app: FastAPI) -> None:
             )
             return envelope(400, msg, "invalid_request_error", None, "invalid_json")
         if not where and kind in ("model_attributes_type", "dict_type"):
-            msg = (
-                "the request body is not a JSON object; send one with "
-                "'Content-Type: application/json'"
-            )
+            msg = "the request body is not a JSON object; send one with 'Content-Type: application/json'"
             return envelope(400, msg, "invalid_request_error", None, "invalid_json")
         if kind == "missing":
             msg = f"'{where}' is required; add it to the request body"
