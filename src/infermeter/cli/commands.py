@@ -85,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     url = f"http://{settings.host}:{settings.port}"
     out.print(
         f"OpenAI-compatible API on [bold]{url}/v1[/] (model {settings.model}); "
-        f"dashboard at {url}/dashboard; metrics at {url}/metrics"
+        f"dashboard at {url}/dashboard; API docs at {url}/docs; metrics at {url}/metrics (admin key)"
     )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
