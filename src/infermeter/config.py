@@ -41,6 +41,7 @@ class Settings:
     # public log: C2SP witnesses to send checkpoints to, "URL VKEY;URL VKEY" (billing.log_publisher)
     witnesses: str = ""
     log_level: str = "info"
+    max_body_bytes: int = 1024 * 1024  # request bodies over this get a 413 before they are read
 
     @property
     def db_path(self) -> Path:
@@ -110,6 +111,10 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
         raise ConfigError(
             f"queue={settings.queue!r} needs a PostgreSQL billing database; pass --db postgresql://… "
             "(the ingester appends the queued records there)"
+        )
+    if settings.max_body_bytes < 1:
+        raise ConfigError(
+            f"max_body_bytes={settings.max_body_bytes} must be >= 1 (1048576, 1 MiB, is the default)"
         )
     if settings.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"synchronous={settings.synchronous!r}; use NORMAL, FULL or EXTRA")

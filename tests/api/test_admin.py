@@ -144,7 +144,8 @@ def test_recent_is_newest_first_and_own_only(
 
 def test_metrics_expose_engines_and_start_time(fake_server: LiveServer) -> None:
     """/metrics carries the engine list and the start time the operator view is built from."""
-    text = httpx.get(fake_server.url + "/metrics", timeout=30).text
+    admin = {"authorization": f"Bearer {fake_server.admin_key}"}
+    text = httpx.get(fake_server.url + "/metrics", headers=admin, timeout=30).text
     assert 'infermeter_engine_info{backend="fake",device="cpu",engine="fake-engine"' in text
     assert "infermeter_start_time_seconds " in text
     assert 'infermeter_engine_device_ms_total{engine="fake-engine",use="warmup"}' in text

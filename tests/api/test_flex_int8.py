@@ -121,7 +121,8 @@ def test_an_over_long_prompt_is_refused_with_the_limit_named(
     assert "-int8-" in error["message"]  # the flex engine's own limit
     assert refusals(live, "context_length_exceeded") == before + 1
     assert len(get(live, "/v1/usage/records", limit=500).json()["data"]) == records
-    text = httpx.get(live.url + "/metrics", timeout=30).text
+    admin = {"authorization": f"Bearer {live.admin_key}"}
+    text = httpx.get(live.url + "/metrics", headers=admin, timeout=30).text
     assert 'infermeter_refusals_total{reason="context_length_exceeded"}' in text
 
 

@@ -23,6 +23,7 @@ from tests.conftest import LiveServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRAPE_CONFIG = ROOT / "deploy" / "prometheus.yml"
+KEY_FILE = "infermeter-admin.key"  # credentials_file in the scrape config, relative to it
 GRAFANA = ROOT / "deploy" / "grafana" / "infermeter.json"
 PROMETHEUS = shutil.which("prometheus")
 # what Grafana puts in place of its variables before it sends a query
@@ -53,6 +54,13 @@ def grafana_exprs() -> list[str]:
     return list(walk(json.loads(GRAFANA.read_text())["panels"]))
 
 
+def write_key(folder: Path, secret: str) -> None:
+    """The admin key where deploy/prometheus.yml's credentials_file points (next to the config)."""
+    path = folder / KEY_FILE
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+
+
 @pytest.fixture
 def prometheus(fake_server: LiveServer, tmp_path: Path) -> Iterator[str]:
     """Prometheus scraping ``fake_server`` every second; yields its URL; stopped afterwards."""
@@ -65,6 +73,7 @@ def prometheus(fake_server: LiveServer, tmp_path: Path) -> Iterator[str]:
     config = re.sub(r"(scrape_interval|scrape_timeout|evaluation_interval): \S+", r"\1: 1s", config)
     assert target in config
     (tmp_path / "prometheus.yml").write_text(config)
+    write_key(tmp_path, fake_server.admin_key)
     port = free_port()
     log = (tmp_path / "prometheus.log").open("wb")
     proc = subprocess.Popen(
@@ -155,14 +164,20 @@ def test_grafana_dashboard_covers_every_metric() -> None:
     assert used == metric_families()
 
 
-def test_scrape_config_targets_the_default_port() -> None:
-    """deploy/prometheus.yml scrapes a local infermeter on its default address."""
+def test_scrape_config_targets_the_default_port_with_an_admin_key(tmp_path: Path) -> None:
+    """deploy/prometheus.yml scrapes a local infermeter on its default address, sending a bearer key."""
     text = SCRAPE_CONFIG.read_text()
     assert '"127.0.0.1:8000"' in text and "metrics_path: /metrics" in text
+    assert re.search(rf"authorization:\s+type: Bearer\s+credentials_file: {KEY_FILE}\n", text)
     promtool = shutil.which("promtool")
-    if promtool is not None:
+    if promtool is not None:  # promtool also checks that the key file exists
+        (tmp_path / "prometheus.yml").write_text(text)
+        write_key(tmp_path, "im-example")
         check = subprocess.run(
-            [promtool, "check", "config", str(SCRAPE_CONFIG)], capture_output=True, text=True, timeout=60
+            [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert check.returncode == 0, check.stdout + check.stderr
 

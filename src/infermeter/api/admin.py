@@ -29,7 +29,7 @@ from infermeter.api.completions import api_key
 from infermeter.api.records import record_view
 from infermeter.api.usage import _time, row_view
 from infermeter.billing.store import ApiKey, Store, UsageRow
-from infermeter.core.errors import NotFound
+from infermeter.core.errors import AuthError, NotFound
 from infermeter.core.money import format_decimal
 from infermeter.core.records import PLATFORM_TENANT, iso
 
@@ -44,6 +44,11 @@ JSONL = "application/x-ndjson"
 
 async def admin_key(request: Request) -> ApiKey:
     """Dependency: an authenticated admin key (401 without a key, 403 for a tenant key)."""
+    if not request.headers.get("authorization"):
+        raise AuthError(
+            f"missing API key: {request.url.path} needs an admin key; send 'Authorization: Bearer "
+            "<admin key>' (create one with `infermeter keys create --admin`)"
+        )
     key = await api_key(request)
     require_admin(key)
     return key

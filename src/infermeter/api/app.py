@@ -9,8 +9,9 @@ from typing import Any
 from fastapi import FastAPI
 
 import infermeter
-from infermeter.api import admin, completions, errors, ledger, system, usage
+from infermeter.api import admin, completions, docs, errors, ledger, openapi, system, usage
 from infermeter.api import log as public_log
+from infermeter.api.body_limit import BodyLimit
 from infermeter.dashboard import routes as dashboard
 
 
@@ -27,7 +28,13 @@ def create_app(service: Any, *, manage: bool = True) -> FastAPI:
             if manage:
                 service.stop()
 
-    app = FastAPI(title="infermeter", version=infermeter.__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="infermeter",
+        version=infermeter.__version__,
+        lifespan=lifespan,
+        docs_url=None,  # served by api.docs from vendored assets (works offline)
+        redoc_url=None,
+    )
     app.state.service = service
     errors.install(app)
     app.include_router(completions.router)
@@ -37,4 +44,8 @@ def create_app(service: Any, *, manage: bool = True) -> FastAPI:
     app.include_router(system.router)
     admin.install(app)
     app.include_router(dashboard.router)
+    app.include_router(docs.router)
+    api = [completions.router, usage.router, ledger.router, system.router, admin.router]
+    openapi.install(app, api, list(service.router.models()))
+    app.add_middleware(BodyLimit, max_bytes=service.settings.max_body_bytes)
     return app

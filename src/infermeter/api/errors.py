@@ -90,6 +90,23 @@ def _fix(error: Any) -> str:
     return "correct the value (see the OpenAI API reference for this field)"
 
 
+def _range(request: Request, where: str) -> str | None:
+    """'from A to B' for a query or path integer of the matched route, from its declared bounds."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    params = [*getattr(dependant, "query_params", ()), *getattr(dependant, "path_params", ())]
+    for param in params:
+        if param.alias != where:
+            continue
+        low = high = None
+        for bound in param.field_info.metadata:
+            low = getattr(bound, "ge", low)
+            high = getattr(bound, "le", high)
+        if low is not None and high is not None:
+            return f"from {low} to {high}"
+    return None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(e.InfermeterError)
     async def _known(request: Request, exc: e.InfermeterError) -> JSONResponse:
@@ -112,12 +129,20 @@ def install(app: FastAPI) -> None:
                 f"({first.get('ctx', {}).get('error', 'parse error')}); send a JSON object"
             )
             return envelope(400, msg, "invalid_request_error", None, "invalid_json")
+        if not where and kind in ("model_attributes_type", "dict_type"):
+            msg = "the request body is not a JSON object; send one with 'Content-Type: application/json'"
+            return envelope(400, msg, "invalid_request_error", None, "invalid_json")
         if kind == "missing":
             msg = f"'{where}' is required; add it to the request body"
         else:
             value = first.get("input")
             shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
             msg = f"'{where}' = {shown} is invalid: {first.get('msg', 'bad value')}; {_fix(first)}"
+            span = _range(request, where) if first.get("loc", ("",))[0] in ("query", "path") else None
+            if span is not None and kind in _BOUNDS:
+                msg = f"'{where}' = {shown} is out of range; send an integer {span}"
+            elif span is not None and kind == "int_parsing":
+                msg = f"'{where}' = {shown} is not an integer; send an integer {span}"
         return envelope(400, msg, "invalid_request_error", where or None, "invalid_value")
 
     @app.exception_handler(StarletteHTTPException)
@@ -127,6 +152,8 @@ def install(app: FastAPI) -> None:
             msg = f"{request.method} {request.url.path} does not exist; see /docs for the API"
         elif exc.status_code == 405:
             msg = f"{request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 400 and msg == "There was an error parsing the body":
+            msg = "the request body could not be parsed (JSON nested too deeply?); send a flat JSON object"
         return envelope(exc.status_code, msg, "invalid_request_error", None, None)
 
     @app.exception_handler(Exception)

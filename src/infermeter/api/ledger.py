@@ -20,6 +20,7 @@ from infermeter.api.admin import admin_key
 from infermeter.api.completions import api_key
 from infermeter.api.records import record_view
 from infermeter.api.tlog_receipts import TLOG_PROOF_TYPE, tlog_receipt
+from infermeter.api.usage import INT64_MAX
 from infermeter.billing.checkpoint_log import CheckpointLog
 from infermeter.billing.corrections import issue_correction
 from infermeter.billing.ledger import leaf_hash
@@ -56,7 +57,9 @@ def ledger_key(request: Request) -> dict[str, Any]:
 def checkpoints(
     request: Request,
     key: ApiKey = Depends(api_key),
-    after: int = Query(0, ge=0, description="number of the last checkpoint of the previous page"),
+    after: int = Query(
+        0, ge=0, le=INT64_MAX, description="number of the last checkpoint of the previous page"
+    ),
     limit: int = Query(100, ge=1, le=MAX_PAGE),
 ) -> dict[str, Any]:
     log = _log(request)
@@ -76,8 +79,8 @@ def checkpoints(
 @router.get("/v1/ledger/consistency")
 def consistency(
     request: Request,
-    first: int = Query(..., ge=0, description="tree size of the older checkpoint"),
-    second: int = Query(..., ge=0, description="tree size of the newer checkpoint"),
+    first: int = Query(..., ge=0, le=INT64_MAX, description="tree size of the older checkpoint"),
+    second: int = Query(..., ge=0, le=INT64_MAX, description="tree size of the newer checkpoint"),
     key: ApiKey = Depends(api_key),
 ) -> dict[str, Any]:
     """RFC 9162 consistency proof between the checkpoints of sizes ``first`` <= ``second``."""

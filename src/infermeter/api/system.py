@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from infermeter.api.admin import admin_key
 from infermeter.api.completions import api_key
 from infermeter.billing.store import ApiKey
 
@@ -52,7 +53,8 @@ async def healthz(request: Request) -> dict[str, Any]:
 
 
 @router.get("/metrics")
-def metrics(request: Request) -> Response:
+def metrics(request: Request, key: ApiKey = Depends(admin_key)) -> Response:
+    """Prometheus text format. Needs an admin key: the series are labelled by tenant."""
     svc = request.app.state.service
     svc.metrics.queue_depth.set(svc.worker.queue_depth())
     svc.metrics.ledger_entries.set(svc.store.ledger_size())

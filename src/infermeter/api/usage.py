@@ -20,6 +20,7 @@ from infermeter.core.money import format_decimal
 router = APIRouter()
 
 MAX_PAGE = 1000
+INT64_MAX = 2**63 - 1  # the largest integer SQLite stores: ledger positions never pass it
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -32,7 +33,14 @@ def _time(value: str | None, name: str) -> datetime | None:
             f"{name}={value!r} is not an ISO 8601 date or time; use e.g. 2026-11-01 or 2026-11-01T00:00:00Z",
             param=name,
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:  # in UTC here, so that no later conversion can overflow
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except OverflowError:
+        raise InvalidRequest(
+            f"{name}={value!r} is outside the years 0001-9999 once converted to UTC; "
+            "send a time between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+            param=name,
+        ) from None
 
 
 def row_view(row: UsageRow) -> dict[str, Any]:
@@ -74,7 +82,9 @@ def usage_records(
     request: Request,
     key: ApiKey = Depends(api_key),
     limit: int = Query(50, ge=1, le=MAX_PAGE),
-    after: int | None = Query(None, ge=-1, description="seq of the last record of the previous page"),
+    after: int | None = Query(
+        None, ge=-1, le=INT64_MAX, description="seq of the last record of the previous page"
+    ),
     start: str | None = None,
     end: str | None = None,
 ) -> dict[str, Any]:

@@ -68,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "model_dir": args.model_dir,
         "queue": args.queue,
+        "max_body_bytes": args.max_body_bytes,
     }
     if args.no_int8:
         overrides["int8"] = False
@@ -85,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     url = f"http://{settings.host}:{settings.port}"
     out.print(
         f"OpenAI-compatible API on [bold]{url}/v1[/] (model {settings.model}); "
-        f"dashboard at {url}/dashboard; metrics at {url}/metrics"
+        f"dashboard at {url}/dashboard; API docs at {url}/docs; metrics at {url}/metrics (admin key)"
     )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
@@ -302,6 +303,12 @@ def register(sub: Any) -> None:
     p.add_argument("--log-level", dest="log_level")
     p.add_argument(
         "--queue", help="cluster mode: bill through the NATS usage stream (needs --db postgresql://…)"
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        dest="max_body_bytes",
+        help="refuse request bodies larger than this with a 413 (default 1048576 = 1 MiB)",
     )
     p.set_defaults(handler=cmd_serve)
 
