@@ -29,7 +29,7 @@ def test_routes_with_a_key_declare_the_bearer_scheme(document: dict[str, Any]) -
     assert list(schemes) == ["bearer"]
     assert (schemes["bearer"]["type"], schemes["bearer"]["scheme"]) == ("http", "bearer")
     open_routes = {p for m, p, op in operations(document) if "security" not in op}
-    assert open_routes == {"/healthz", "/v1/ledger/key"}
+    assert open_routes == {"/healthz", "/v1/ledger/key", "/log/checkpoint", "/log/tile/{path}"}
     for _, _, op in operations(document):
         if "security" in op:
             assert op["security"] == [{"bearer": []}]
@@ -57,7 +57,7 @@ def test_every_error_response_is_the_openai_envelope(document: dict[str, Any]) -
         ("POST", "/v1/completions", {"200", "400", "401", "402", "403", "404", "413", "503"}),
         ("GET", "/metrics", {"200", "401", "403", "413"}),
         ("GET", "/v1/usage/records", {"200", "400", "401", "403", "413"}),
-        ("GET", "/v1/receipts/{record_id}", {"200", "401", "404", "413"}),
+        ("GET", "/v1/receipts/{record_id}", {"200", "400", "401", "404", "413"}),
         ("GET", "/v1/ledger/consistency", {"200", "400", "401", "404", "413"}),
         ("GET", "/v1/admin/overview", {"200", "401", "403", "413"}),
         ("GET", "/v1/ledger/key", {"200", "413"}),

@@ -45,7 +45,7 @@ def create_app(service: Any, *, manage: bool = True) -> FastAPI:
     admin.install(app)
     app.include_router(dashboard.router)
     app.include_router(docs.router)
-    api = [completions.router, usage.router, ledger.router, system.router, admin.router]
+    api = [completions.router, usage.router, ledger.router, public_log.router, system.router, admin.router]
     openapi.install(app, api, list(service.router.models()))
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_body_bytes)
     return app

@@ -76,6 +76,8 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("GET", "/v1/ledger/consistency"): (404,),
     ("GET", "/v1/admin/export/usage.jsonl"): (404,),
     ("POST", "/v1/admin/corrections"): (404,),
+    ("GET", "/log/checkpoint"): (404,),
+    ("GET", "/log/tile/{path}"): (400, 404),
 }
 
 SSE, JSON = "text/event-stream", "application/json"
@@ -86,6 +88,8 @@ SUCCESS_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
     ("GET", "/v1/usage/export.jsonl"): ("application/x-ndjson",),
     ("GET", "/v1/admin/export/usage.jsonl"): ("application/x-ndjson",),
     ("GET", "/metrics"): ("text/plain",),
+    ("GET", "/log/checkpoint"): ("text/plain",),
+    ("GET", "/log/tile/{path}"): ("application/octet-stream",),
 }
 COMPLETIONS = ("/v1/chat/completions", "/v1/completions")
 
@@ -101,7 +105,7 @@ def _statuses(route: APIRoute, method: str) -> tuple[bool, set[int]]:
     """(needs a key, the error statuses) for one operation."""
     calls = _calls(route.dependant)
     secured = api_key in calls or admin_key in calls
-    statuses = {413} | set(ROUTE_ERRORS.get((method, route.path), ()))
+    statuses = {413} | set(ROUTE_ERRORS.get((method, route.path_format), ()))
     if secured:
         statuses.add(401)
     if admin_key in calls:
@@ -152,7 +156,7 @@ def build_openapi(app: FastAPI, routers: Sequence[APIRouter], models: list[str])
         if not isinstance(route, APIRoute) or not route.include_in_schema:
             continue
         for method in route.methods or ():
-            operation = schema["paths"].get(route.path, {}).get(method.lower())
+            operation = schema["paths"].get(route.path_format, {}).get(method.lower())
             if operation is None:
                 continue
             secured, statuses = _statuses(route, method)
@@ -167,11 +171,11 @@ def build_openapi(app: FastAPI, routers: Sequence[APIRouter], models: list[str])
                     "description": existing.get("description") or WHY.get(status, "Error"),
                     "content": {JSON: {"schema": ERROR_REF}},
                 }
-            types = SUCCESS_TYPES.get((method, route.path))
+            types = SUCCESS_TYPES.get((method, route.path_format))
             if types is not None:
                 ok = responses.setdefault("200", {"description": "Successful Response"})
                 ok["content"] = {t: {"schema": {}} for t in types}
-            if route.path in COMPLETIONS:
+            if route.path_format in COMPLETIONS:
                 _model_enum(schema, operation, models)
     return schema
 
