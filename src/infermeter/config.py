@@ -37,6 +37,9 @@ class Settings:
     window_ms: int = 100  # sampler window length (GPM needs >= 100 ms)
     checkpoint_interval_s: int = 60  # sign a ledger checkpoint this often when it grew; 0 = only on demand
     log_level: str = "info"
+    # lifecycle
+    graceful_timeout: int = 30  # SIGTERM: drain at most this many seconds, then cancel (billed) the rest
+    allow_unverified: bool = False  # serve even when the ledger fails the start-up check (logged loudly)
 
     @property
     def db_path(self) -> Path:
@@ -94,6 +97,11 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
         raise ConfigError(
             f"checkpoint_interval_s={settings.checkpoint_interval_s} must be >= 0 "
             "(60 is the default; 0 signs checkpoints only on demand)"
+        )
+    if settings.graceful_timeout < 0:
+        raise ConfigError(
+            f"graceful_timeout={settings.graceful_timeout} must be >= 0 seconds "
+            "(30 is the default; 0 cancels in-flight requests at once on SIGTERM)"
         )
     if settings.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"synchronous={settings.synchronous!r}; use NORMAL, FULL or EXTRA")

@@ -62,6 +62,7 @@ async def api_key(request: Request) -> ApiKey:
 
 def _admit(request: Request, key: ApiKey, body: _Sampling, prompt: str) -> _Admitted:
     svc = _service(request)
+    svc.check_admission()  # fail closed: 503 naming the cause while the ledger cannot append
     tenant = tenant_of(key)
     tier = body.tier()
     engines = svc.router.engines(body.model)

@@ -55,10 +55,9 @@ def _emit_json(obj: Any) -> None:
 
 # serve -----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from infermeter.api.app import create_app
     from infermeter.app.service import Service
+    from infermeter.cli import serving
 
     overrides = {
         "host": args.host,
@@ -67,11 +66,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "intra_op_threads": args.threads,
         "log_level": args.log_level,
         "model_dir": args.model_dir,
+        "graceful_timeout": args.graceful_timeout,
     }
     if args.no_int8:
         overrides["int8"] = False
+    if args.allow_unverified:
+        overrides["allow_unverified"] = True
     settings = settings_from(args, **overrides)
-    out.print(f"infermeter: data in [bold]{settings.home.resolve()}[/]; loading engines…")
+    out.print(f"infermeter: data in [bold]{settings.home.resolve()}[/]")
+    out.print(serving.check_ledger(settings) + "; loading engines…")
     service = Service.from_settings(settings)
     if not service.store.list_tenants():
         tenant = service.store.create_tenant("demo")
@@ -86,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"OpenAI-compatible API on [bold]{url}/v1[/] (model {settings.model}); "
         f"dashboard at {url}/dashboard; metrics at {url}/metrics"
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    serving.run(app, service, settings)
     return 0
 
 
@@ -298,6 +301,19 @@ def register(sub: Any) -> None:
         help="also serve this model directory (Optimum export: model.onnx, config.json, tokenizer.json)",
     )
     p.add_argument("--log-level", dest="log_level")
+    p.add_argument(
+        "--graceful-timeout",
+        type=int,
+        dest="graceful_timeout",
+        help="on SIGTERM, drain in-flight requests at most this many seconds, then cancel "
+        "(billed for work done) what is left (env INFERMETER_GRACEFUL_TIMEOUT; default 30)",
+    )
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        dest="allow_unverified",
+        help="serve even if the ledger fails the start-up verification (logged loudly)",
+    )
     p.set_defaults(handler=cmd_serve)
 
     tenants = sub.add_parser("tenants", help="create and list tenants").add_subparsers(
