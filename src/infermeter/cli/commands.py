@@ -55,7 +55,6 @@ def _emit_json(obj: Any) -> None:
 
 # serve -----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from infermeter.api.app import create_app
     from infermeter.app.service import Service
     from infermeter.cli import serving
 
@@ -72,25 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["int8"] = False
     if args.allow_unverified:
         overrides["allow_unverified"] = True
-    settings = settings_from(args, **overrides)
-    out.print(f"infermeter: data in [bold]{settings.home.resolve()}[/]")
-    out.print(serving.check_ledger(settings) + "; loading engines…")
-    service = Service.from_settings(settings)
-    if not service.store.list_tenants():
-        tenant = service.store.create_tenant("demo")
-        _, secret = service.store.create_key(tenant.tenant_id)
-        _, admin = service.store.create_key(None, admin=True)
-        out.print("First start: created tenant [bold]demo[/] and keys (shown once, stored hashed):")
-        out.print(f"  tenant key (demo): [bold green]{secret}[/]")
-        out.print(f"  admin key:         [bold yellow]{admin}[/]")
-    app = create_app(service)
-    url = f"http://{settings.host}:{settings.port}"
-    out.print(
-        f"OpenAI-compatible API on [bold]{url}/v1[/] (model {settings.model}); "
-        f"dashboard at {url}/dashboard; metrics at {url}/metrics"
-    )
-    serving.run(app, service, settings)
-    return 0
+    return serving.serve(settings_from(args, **overrides), Service.from_settings, out)
 
 
 # tenants and keys -------------------------------------------------------------------

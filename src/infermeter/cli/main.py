@@ -37,7 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    _accept_home_anywhere(parser)
     return parser
+
+
+def _accept_home_anywhere(parser: argparse.ArgumentParser) -> None:
+    """``--home`` after the subcommand too (``infermeter ledger verify --home X``).
+
+    SUPPRESS as the default: a subcommand that was not given ``--home`` keeps the value given
+    before it, rather than resetting it to None.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if not any("--home" in a.option_strings for a in child._actions):
+                    child.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                _accept_home_anywhere(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

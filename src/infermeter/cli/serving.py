@@ -12,9 +12,11 @@ the work done (``status=cancelled``) and commits every record before the process
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from rich.console import Console
@@ -24,6 +26,9 @@ from infermeter.billing.signing import LedgerKeys
 from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.config import Settings
 from infermeter.core.errors import LedgerIntegrityError
+
+if TYPE_CHECKING:
+    from infermeter.app.service import Service
 
 log = logging.getLogger("infermeter.serve")
 err = Console(stderr=True, highlight=False)
@@ -68,7 +73,7 @@ def check_ledger(settings: Settings) -> str:
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, telling the service when shutdown begins (readiness goes 503)."""
 
-    def __init__(self, config: uvicorn.Config, service: Any) -> None:
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
         super().__init__(config)
         self.service = service
 
@@ -76,8 +81,41 @@ class DrainingServer(uvicorn.Server):
         self.service.begin_drain()
         super().handle_exit(sig, frame)
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            # uvicorn re-raises the captured signal after shutdown, so the process would die
+            # of SIGTERM; a completed drain (every record committed) exits 0 instead.
+            getattr(self, "_captured_signals", []).clear()
 
-def run(app: Any, service: Any, settings: Settings) -> None:
+
+def serve(settings: Settings, make_service: Callable[[Settings], Service], out: Console) -> int:
+    """``infermeter serve``: check the ledger, load engines, make first-start keys, serve."""
+    from infermeter.api.app import create_app
+
+    out.print(f"infermeter: data in [bold]{settings.home.resolve()}[/]")
+    out.print(check_ledger(settings) + "; loading engines…")
+    service = make_service(settings)
+    if not service.store.list_tenants():
+        tenant = service.store.create_tenant("demo")
+        _, secret = service.store.create_key(tenant.tenant_id)
+        _, admin = service.store.create_key(None, admin=True)
+        out.print("First start: created tenant [bold]demo[/] and keys (shown once, stored hashed):")
+        out.print(f"  tenant key (demo): [bold green]{secret}[/]")
+        out.print(f"  admin key:         [bold yellow]{admin}[/]")
+    app = create_app(service)
+    url = f"http://{settings.host}:{settings.port}"
+    out.print(
+        f"OpenAI-compatible API on [bold]{url}/v1[/] (model {settings.model}); "
+        f"dashboard at {url}/dashboard; metrics at {url}/metrics"
+    )
+    run(app, service, settings)
+    out.print("stopped: every usage record is committed")
+    return 0
+
+
+def run(app: Any, service: Service, settings: Settings) -> None:
     """Serve ``app`` until SIGTERM/SIGINT; drain at most ``settings.graceful_timeout`` s."""
     config = uvicorn.Config(
         app,
