@@ -25,7 +25,20 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
     return load_settings({"home": args.home, **extra})
 
 
-def open_store(settings: Settings) -> SqliteStore:
+def require_database(settings: Settings) -> None:
+    """Read-only commands never create a home: NotFound (exit 3) naming where they looked."""
+    if not settings.db_path.exists():
+        raise NotFound(
+            f"no infermeter database at {settings.db_path.resolve()}: nothing to read. Pass the "
+            "home the server uses (--home DIR or INFERMETER_HOME; default ./.infermeter), or "
+            "start one with `infermeter serve`"
+        )
+
+
+def open_store(settings: Settings, *, create: bool = True) -> SqliteStore:
+    """The home's store; with ``create=False`` (read-only commands) it must exist already."""
+    if not create:
+        require_database(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     return SqliteStore(settings.db_path, synchronous=settings.synchronous)
 
@@ -104,7 +117,7 @@ def cmd_tenants_create(args: argparse.Namespace) -> int:
 
 
 def cmd_tenants_list(args: argparse.Namespace) -> int:
-    store = open_store(settings_from(args))
+    store = open_store(settings_from(args), create=False)
     try:
         tenants = store.list_tenants()
     finally:
@@ -172,7 +185,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    store = open_store(settings_from(args))
+    store = open_store(settings_from(args), create=False)
     try:
         tenant_id = _tenant(store, args.tenant).tenant_id if args.tenant else None
         keys = store.list_keys(tenant_id)
@@ -207,7 +220,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 # usage, invoices, ledger ------------------------------------------------------------
 def cmd_usage(args: argparse.Namespace) -> int:
-    store = open_store(settings_from(args))
+    store = open_store(settings_from(args), create=False)
     try:
         tenant_id = _tenant(store, args.tenant).tenant_id if args.tenant else None
         rows = store.usage_summary(tenant_id, args.group_by)
@@ -247,7 +260,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 def cmd_invoice(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     start, end = period_bounds(args.period)
-    store = open_store(settings)
+    store = open_store(settings, create=False)
     try:
         tenant = _tenant(store, args.tenant)
         records = [r for _, r in store.list_records(tenant.tenant_id, limit=10**9, start=start, end=end)]
