@@ -21,7 +21,7 @@ from infermeter.config import Settings
 from infermeter.core.errors import Unavailable
 from infermeter.core.timing import NullTimer
 from infermeter.metering.attribution import CostModel
-from infermeter.metering.calibrate import load_latest
+from infermeter.metering.calibrations import load_active
 from infermeter.metering.ru import SEED_TABLE, RuTable
 from infermeter.metering.sampler import WindowSampler
 from infermeter.metering.sources import make_source
@@ -62,8 +62,9 @@ class Service:
         self.budgets = Budgets(spent_of=self.store.spent, limit_of=self._limit_of)
         self._limit_default = limit_default
         self.plan = plan
-        # The newest `infermeter calibrate` result, unless the caller chose a table itself.
-        calibration = load_latest(settings.home)
+        # The active calibration (one that passed the MAPE gate or was activated by name),
+        # unless the caller chose a table itself; candidates never price anything.
+        calibration = load_active(settings.home)
         if calibration is not None and ru_table is SEED_TABLE:
             ru_table = calibration.ru_table
         self.ru_table = ru_table
