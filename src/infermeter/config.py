@@ -42,6 +42,9 @@ class Settings:
     witnesses: str = ""
     log_level: str = "info"
     max_body_bytes: int = 1024 * 1024  # request bodies over this get a 413 before they are read
+    # lifecycle
+    graceful_timeout: int = 30  # SIGTERM: drain at most this many seconds, then cancel (billed) the rest
+    allow_unverified: bool = False  # serve even when the ledger fails the start-up check (logged loudly)
 
     @property
     def db_path(self) -> Path:
@@ -115,6 +118,11 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
     if settings.max_body_bytes < 1:
         raise ConfigError(
             f"max_body_bytes={settings.max_body_bytes} must be >= 1 (1048576, 1 MiB, is the default)"
+        )
+    if settings.graceful_timeout < 0:
+        raise ConfigError(
+            f"graceful_timeout={settings.graceful_timeout} must be >= 0 seconds "
+            "(30 is the default; 0 cancels in-flight requests at once on SIGTERM)"
         )
     if settings.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"synchronous={settings.synchronous!r}; use NORMAL, FULL or EXTRA")

@@ -159,3 +159,13 @@ def test_unusual_records_get_receipts_that_verify(
         keys = log.keys.public_keys()
         log.close()
     assert verify_receipt(json.loads(json.dumps(receipt, ensure_ascii=True)), keys).ok
+
+
+def test_a_receipt_naming_another_record_is_rejected(signed: Signed) -> None:
+    """A valid proof of one entry does not prove the record id written at the receipt's top."""
+    receipts, keys = signed
+    forged = copy.deepcopy(receipts[2])
+    forged["record_id"] = receipts[3]["record_id"]
+    verdict = verify_receipt(forged, keys)
+    assert not verdict.ok
+    assert receipts[3]["record_id"] in verdict.message and "does not prove" in verdict.message

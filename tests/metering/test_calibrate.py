@@ -15,6 +15,7 @@ from infermeter.cli.calibrate import EngineRunner
 from infermeter.cli.main import main
 from infermeter.core.types import Phase, Precision, ServiceTier
 from infermeter.metering import calibrate as cal
+from infermeter.metering import calibrations
 from infermeter.metering.ru import SEED_TABLE
 from infermeter.runtime.engine import SeqInput
 from infermeter.runtime.fake_engine import FakeCost, FakeEngine
@@ -106,14 +107,15 @@ def test_saved_calibrations_load_newest_table_and_each_engines_newest_model(tmp_
     assert again.cost_models["e2"].model == second.cost_models["e2"].model
 
 
-def test_the_service_uses_the_newest_calibration_at_start(tmp_path: Path) -> None:
-    """Records name the calibrated RU-table and cost-model versions after a calibration."""
+def test_the_service_uses_the_active_calibration_at_start(tmp_path: Path) -> None:
+    """Records name the calibrated RU-table and cost-model versions once it is active."""
     home = tmp_path / "home"
     engine = FakeEngine(cost=COST)
     calibration = cal.calibrate(
         "cpu", RATES, SEED_TABLE, {engine.info.engine_id: (FakeRunner(), SHAPE)}, quick=True
     )
     cal.save(calibration, home)
+    calibrations.activate(home, calibration.version)
     service = fake_service(home, engine)
     service.start()
     try:
@@ -155,8 +157,8 @@ def test_calibrate_command_on_the_cpu_engine(
     assert {p["phase"] for p in data["probes"]} == {"prefill", "decode"}
     for fitted in data["cost_models"].values():
         assert Decimal(fitted["mape_percent"]) >= 0 and fitted["steps"] >= 5
-    loaded = cal.load_latest(home)
-    assert loaded is not None and loaded.ru_table.version == data["version"]
+    assert calibrations.find(home, data["version"]).path == Path(data["path"])
+    assert data["active"] == (data["gate_problem"] is None)
 
 
 def test_engine_runner_reports_device_time() -> None:

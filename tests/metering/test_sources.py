@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from infermeter.core.errors import ConfigError
+from infermeter.core.errors import ConfigError, Unavailable
+from infermeter.metering import sources
 from infermeter.metering.sources import (
     DCGM_FI_DEV_FB_USED,
     DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
@@ -222,3 +223,40 @@ def test_real_nvml_energy_counter_is_monotonic() -> None:
         assert b.energy_mj >= a.energy_mj and b.timestamp_ns > a.timestamp_ns
     finally:
         src.close()
+
+
+@pytest.mark.parametrize("missing", ["absent", "blank"])
+def test_dcgm_without_an_energy_reading_is_a_failed_read_never_zero(missing: str) -> None:
+    """No energy value (or DCGM's blank sentinel) raises, so the sampler skips the tick."""
+    values: dict[int, Any] = {DCGM_FI_PROF_SM_ACTIVE: 0.5, DCGM_FI_DEV_FB_USED: 10}
+    if missing == "blank":
+        values[DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION] = sources.DCGM_INT64_BLANK
+    reader = SimpleNamespace(GetLatestGpuValuesAsFieldIdDict=lambda: {0: values})
+    with pytest.raises(Unavailable, match="no energy reading"):
+        DcgmSource(0, reader=reader).read()
+
+
+def test_dcgm_gpu_is_found_by_uuid_not_by_number() -> None:
+    """CUDA's device 0 may be DCGM's gpu 1: the source reads the gpu whose UUID matches."""
+    per_gpu = {
+        0: {DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION: 111},
+        1: {DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION: 222},
+    }
+    reader = SimpleNamespace(GetLatestGpuValuesAsFieldIdDict=lambda: per_gpu)
+    src = DcgmSource(reader=reader, device_uuid="GPU-bbb", uuids={0: "GPU-aaa", 1: "GPU-bbb"})
+    assert src.read().energy_mj == 222
+    with pytest.raises(ConfigError, match="no GPU with UUID GPU-ccc"):
+        DcgmSource(reader=reader, device_uuid="GPU-ccc", uuids={0: "GPU-aaa", 1: "GPU-bbb"})
+
+
+def test_cuda_device_uuid_follows_cuda_visible_devices() -> None:
+    """CUDA device 0 under CUDA_VISIBLE_DEVICES=2,0 is NVML's device 2; a UUID entry is taken as is."""
+    nvml = SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetUUID=lambda h: f"GPU-{h}".encode(),
+    )
+    assert sources.cuda_device_uuid(0, nvml=nvml, env={"CUDA_VISIBLE_DEVICES": "2,0"}) == "GPU-2"
+    assert sources.cuda_device_uuid(1, nvml=nvml, env={}) == "GPU-1"
+    assert sources.cuda_device_uuid(0, nvml=nvml, env={"CUDA_VISIBLE_DEVICES": "GPU-x"}) == "GPU-x"

@@ -79,6 +79,7 @@ def _prompt_ids(svc: Any, body: _Sampling, engine_id: str) -> list[int]:
 
 async def _admit(request: Request, key: ApiKey, body: _Sampling) -> _Admitted:
     svc = _service(request)
+    svc.check_admission()  # fail closed: 503 naming the cause while the ledger cannot append
     tenant = tenant_of(key)
     tier = body.tier()
     engines = svc.router.engines(body.model)

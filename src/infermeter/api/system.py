@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infermeter.api.admin import admin_key
@@ -42,14 +42,35 @@ def models(request: Request, key: ApiKey = Depends(api_key)) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.get("/healthz")
-async def healthz(request: Request) -> dict[str, Any]:
-    svc = request.app.state.service
-    return {
-        "status": "ok" if svc.started else "starting",
+def _probe(svc: Any, problem: str | None) -> JSONResponse:
+    """200 with the status, or 503 whose ``error`` names the cause (OpenAI's envelope)."""
+    body: dict[str, Any] = {
+        "status": "ok" if problem is None else ("unhealthy" if svc.health() else svc.state),
+        "state": svc.state,
         "engines": [e.engine_id for e in svc.engine_infos()],
         "ledger_entries": svc.store.ledger_size(),
     }
+    if problem is None:
+        return JSONResponse(body)
+    code = "ledger_unavailable" if svc.health() else "unavailable"
+    body["error"] = {"message": problem, "type": "server_error", "param": None, "code": code}
+    return JSONResponse(body, status_code=503)
+
+
+@router.get("/healthz")
+@router.get("/health")  # the vLLM / TGI name, which load generators such as guidellm probe
+async def healthz(request: Request) -> JSONResponse:
+    """Liveness: 503 while the ledger cannot append (or before the engines are warm)."""
+    svc = request.app.state.service
+    problem = svc.health() or (None if svc.started else "the service is starting (warming its engines)")
+    return _probe(svc, problem)
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness, for load balancers: 503 while starting, draining or unable to append."""
+    svc = request.app.state.service
+    return _probe(svc, svc.readiness() if svc.started else "the service is starting (warming its engines)")
 
 
 @router.get("/metrics")

@@ -20,9 +20,10 @@ from infermeter.billing.signing import LedgerKeys
 from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.billing.store import Store
 from infermeter.config import Settings
+from infermeter.core.errors import Unavailable
 from infermeter.core.timing import NullTimer
 from infermeter.metering.attribution import CostModel
-from infermeter.metering.calibrate import load_latest
+from infermeter.metering.calibrations import load_active
 from infermeter.metering.ru import SEED_TABLE, RuTable
 from infermeter.metering.sampler import WindowSampler
 from infermeter.metering.sources import make_source
@@ -34,6 +35,7 @@ from infermeter.runtime.router import Router
 from infermeter.runtime.scheduler import SchedulerConfig
 from infermeter.runtime.worker import Worker
 
+from .health import LedgerWatch, fault_message
 from .pipeline import MeteringPipeline
 from .stores import make_checkpoint_log, make_store, uses_postgres
 
@@ -70,8 +72,9 @@ class Service:
         self.budgets = Budgets(spent_of=self.store.spent, limit_of=self._limit_of)
         self._limit_default = limit_default
         self.plan = plan
-        # The newest `infermeter calibrate` result, unless the caller chose a table itself.
-        calibration = load_latest(settings.home)
+        # The active calibration (one that passed the MAPE gate or was activated by name),
+        # unless the caller chose a table itself; candidates never price anything.
+        calibration = load_active(settings.home)
         if calibration is not None and ru_table is SEED_TABLE:
             ru_table = calibration.ru_table
         self.ru_table = ru_table
@@ -105,6 +108,8 @@ class Service:
         self.router = Router(e.engine.info for e in engines)
         self._engines = list(engines)
         self.started = False
+        self.state = "starting"  # starting → serving → draining → stopped
+        self._watch = LedgerWatch(self.store, self._on_ledger_fault)
 
     def _window_metering(self, settings: Settings) -> tuple[WindowSampler | None, WindowLedger | None]:
         """The window sampler and its ledger, when ``settings.sampler`` names a source."""
@@ -169,10 +174,50 @@ class Service:
             self._checkpointer.start()
         if self.log_publisher is not None:
             self.log_publisher.start()  # its first tick signs entries no checkpoint covers yet
+        self._watch.start()
         self.started = True
+        self.state = "serving"
         log.info("serving %s", ", ".join(e.engine_id for e in self.engine_infos()))
 
+    # health, readiness, admission ---------------------------------------------------
+    def health(self) -> str | None:
+        """None while the ledger can append; else the cause, for clients and probes."""
+        cause = self.store.health()
+        return None if cause is None else fault_message(cause, self.settings.db_path)
+
+    def readiness(self) -> str | None:
+        """None when a new request would be admitted; else why not (starting, draining, ledger)."""
+        if self.state == "starting":
+            return "the service is starting (warming its engines); retry in a few seconds"
+        if self.state in ("draining", "stopped"):
+            return f"the service is {self.state} for shutdown; send requests to another instance"
+        return self.health()
+
+    def check_admission(self) -> None:
+        """Raise Unavailable (503) before any work when a request must not be admitted."""
+        problem = self.readiness() if self.started else self.health()
+        if problem is not None:
+            raise Unavailable(problem, code="ledger_unavailable" if self.health() else "unavailable")
+
+    def _on_ledger_fault(self, cause: str) -> None:
+        cut = self.worker.cancel_all()
+        if cut:
+            log.error("cut %d request(s) in flight: %s", cut, fault_message(cause, self.settings.db_path))
+
+    def begin_drain(self) -> None:
+        """SIGTERM: admit nothing new; requests in flight run on until the graceful timeout."""
+        if self.state == "serving":
+            self.state = "draining"
+            log.info("draining: %d request(s) in flight", self.worker.in_flight())
+
     def stop(self) -> None:
+        self.state = "stopped"
+        self._watch.stop()
+        # What the graceful drain left is cancelled, priced for the work done and committed
+        # below (pipeline close, then store flush) before the process exits.
+        left = self.worker.cancel_all()
+        if left:
+            log.warning("shutdown: cancelled %d request(s) still in flight; billed as cancelled", left)
         self.worker.stop()
         self.pipeline.close()  # every finished request is priced and submitted
         if self.sampler is not None:

@@ -38,6 +38,7 @@ from infermeter.billing.checkpoints import Checkpoint, CheckpointReport, sign_ch
 from infermeter.billing.ledger import leaf_hash
 from infermeter.billing.migrations import migrate
 from infermeter.billing.signing import LedgerKeys
+from infermeter.billing.store import VerifyReport
 from infermeter.billing.tree_cache import TreeCache
 from infermeter.core.errors import LedgerIntegrityError, NotFound
 from infermeter.core.records import utc_now
@@ -146,7 +147,8 @@ class SqliteLogDb:
             result = fn(self._conn)
             self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:  # a failed COMMIT (disk full) has rolled back already
+                self._conn.execute("ROLLBACK")
             raise
         return result
 
@@ -348,6 +350,44 @@ def _insert_checkpoint(conn: sqlite3.Connection, row: tuple[str, int, str, str, 
     return cursor.lastrowid
 
 
+@dataclass(frozen=True, slots=True)
+class StartupCheck:
+    """What ``verify_at_start`` found: ``problem`` is None when the ledger verified."""
+
+    entries: int
+    problem: str | None
+    first_bad_seq: int | None
+    checkpoint: Checkpoint | None  # the checkpoint signed over the verified ledger
+
+
+def verify_at_start(log_: CheckpointLog, chain: Callable[[], VerifyReport]) -> StartupCheck:
+    """The check ``serve`` runs before it admits anything, then a checkpoint over what passed.
+
+    ``chain`` is the store's ``verify`` (every entry's hashes, links and columns against the
+    ledger head), so entries written after the last signed checkpoint (which no signature
+    covers yet) are re-checked, and a cut or rewritten tail is named. Then the newest signed
+    checkpoint's signature and root are checked against the tree rebuilt from the payloads.
+    Only then is a new checkpoint signed, so the next start has a signed head covering all
+    of it. Nothing is signed over a ledger that fails.
+    """
+    report = chain()
+    if not report.ok:
+        return StartupCheck(report.entries, report.message, report.first_bad_seq, None)
+    try:
+        size = log_.sync()
+        latest = log_.latest()
+        if latest is not None:
+            cps = verify_checkpoints([latest], size, log_.root, log_.keys.public_keys(), log_.origin)
+            if not cps.ok:
+                return StartupCheck(size, cps.message, cps.first_bad_seq, None)
+        if size == 0:
+            return StartupCheck(0, None, None, latest)
+        checkpoint, _ = log_.checkpoint()
+    except LedgerIntegrityError as exc:
+        return StartupCheck(report.entries, exc.message, exc.seq, None)
+    return StartupCheck(size, None, None, checkpoint)
+
+
 def _fields(cp: Checkpoint) -> tuple[str, int, str, str, str, str]:
     return cp.origin, cp.tree_size, cp.root_hash, cp.timestamp, cp.key_id, cp.signature
 
@@ -390,4 +430,13 @@ class CheckpointScheduler:
             self._tick()
 
 
-__all__ = ["CheckpointLog", "CheckpointScheduler", "LedgerEntry", "LogDb", "SqliteLogDb", "Transact"]
+__all__ = [
+    "CheckpointLog",
+    "CheckpointScheduler",
+    "LedgerEntry",
+    "LogDb",
+    "SqliteLogDb",
+    "StartupCheck",
+    "Transact",
+    "verify_at_start",
+]

@@ -67,6 +67,7 @@ class Outbox:
         self._queue: SimpleQueue[Any] = SimpleQueue()
         self._lock = threading.Lock()
         self._stopping = False
+        self.fault: str | None = None  # why the last group commit failed; None once one succeeds
         self._thread = threading.Thread(target=self._run, name="infermeter-outbox", daemon=True)
         self._thread.start()
 
@@ -112,7 +113,9 @@ class Outbox:
     def _commit(self, pending: list[tuple[UsageRecord, AppendCallback]]) -> None:
         try:
             results: list[AppendResult | BaseException] = list(self._insert([r for r, _ in pending]))
+            self.fault = None
         except Exception as exc:
+            self.fault = f"the outbox {self.path} could not commit: {exc}"
             log.warning("outbox group of %d failed (%r); retrying one by one", len(pending), exc)
             results = []
             for record, _ in pending:

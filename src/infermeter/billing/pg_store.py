@@ -163,6 +163,7 @@ class PgStore:
         self._local = threading.local()
         self._conns: list[psycopg.Connection[Any]] = []
         self._queue: SimpleQueue[Any] = SimpleQueue()
+        self._fault: str | None = None  # why the last group commit failed; None once one succeeds
         self._writer = threading.Thread(target=self._run, name="infermeter-pg-writer", daemon=True)
         self._writer.start()
 
@@ -351,7 +352,9 @@ class PgStore:
             return
         try:
             results = self.append_prepared([e for entries, _ in pending for e in entries])
+            self._fault = None
         except Exception as exc:
+            self._fault = f"the PostgreSQL ledger could not commit: {exc}"
             if len(pending) == 1:
                 _deliver(pending[0][1], exc)
                 return
@@ -366,6 +369,25 @@ class PgStore:
         for entries, target in pending:
             _deliver(target, results[at : at + len(entries)])
             at += len(entries)
+
+    def health(self) -> str | None:
+        """None while appends commit; else why the last group commit failed."""
+        return self._fault
+
+    def probe(self) -> str | None:
+        """Check that the database answers a write transaction now; set or clear ``health()``."""
+
+        def touch(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute("SELECT size FROM ledger_head FOR UPDATE")
+
+        try:
+            self._run_sql(touch)
+        except Exception as exc:
+            self._fault = f"the PostgreSQL ledger does not answer: {exc}"
+        else:
+            self._fault = None
+        return self._fault
 
     def append_prepared(self, entries: Sequence[PreparedEntry]) -> list[AppendResult]:
         """Append already-prepared entries in one transaction (the ingester's batch path)."""

@@ -10,6 +10,7 @@ invoices, receipts) once it has been ingested.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -18,6 +19,7 @@ from pathlib import Path
 from infermeter.billing.outbox import Outbox
 from infermeter.billing.pg_store import PgStore
 from infermeter.billing.relay import Relay
+from infermeter.billing.sqlite_store import PROBE_MIN_FREE
 from infermeter.billing.store import ApiKey, AppendCallback, AppendResult, Tenant, UsageRow, VerifyReport
 from infermeter.core.records import UsageRecord
 
@@ -39,6 +41,24 @@ class QueuedStore:
     def flush(self, timeout: float | None = None) -> None:
         self.outbox.flush(timeout)
         self.pg.flush(timeout)
+
+    def health(self) -> str | None:
+        """The outbox's health: a worker keeps serving while PostgreSQL or NATS are down."""
+        return self.outbox.fault
+
+    def probe(self) -> str | None:
+        """The outbox answers a write now (PostgreSQL and NATS are the relay's business)."""
+        free = shutil.disk_usage(self.outbox.path.parent).free
+        if free < PROBE_MIN_FREE:
+            self.outbox.fault = f"only {free:,} bytes free on the disk holding {self.outbox.path}"
+            return self.outbox.fault
+        try:
+            self.outbox.flush(timeout=5)
+        except Exception as exc:
+            self.outbox.fault = f"the outbox {self.outbox.path} does not answer: {exc}"
+        else:
+            self.outbox.fault = None
+        return self.outbox.fault
 
     def outbox_depth(self) -> int:
         return self.outbox.depth()

@@ -84,7 +84,8 @@ def _hex(value: Any, what: str) -> bytes:
 def verify_receipt(receipt: Any, public_keys: Mapping[str, bytes]) -> ReceiptVerdict:
     """Check a saved receipt offline with only the log's public keys (key id → raw Ed25519 key).
 
-    In order: the document's shape; the entry's position equals ``leaf_index``; the entry
+    In order: the document's shape; the ``record_id`` it names is its entry's event id; the
+    entry's position equals ``leaf_index``; the entry
     hashes to ``leaf_hash``; the proof leads from that leaf to the checkpoint's root; the
     checkpoint's signature verifies with the key it names. The first failure is the message.
     """
@@ -107,6 +108,15 @@ def verify_receipt(receipt: Any, public_keys: Mapping[str, bytes]) -> ReceiptVer
             False,
             "the receipt lacks its entry (an object with an event) or its integer leaf_index",
             record_id,
+        )
+    stated_id = receipt.get("record_id")
+    if stated_id != record_id:
+        return ReceiptVerdict(
+            False,
+            f"the receipt names record {stated_id!r} but its entry is the record {record_id!r}: "
+            "the receipt does not prove the record it names",
+            record_id,
+            index,
         )
     try:
         checkpoint = Checkpoint.from_json(receipt.get("checkpoint"))

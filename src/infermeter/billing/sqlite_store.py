@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -38,6 +39,7 @@ from infermeter.billing.sqlite_writer import (
     WalCheckpointer,
     Writer,
     closed_error,
+    fault_of,
 )
 from infermeter.billing.store import (
     ApiKey,
@@ -53,6 +55,7 @@ from infermeter.core.money import format_decimal, to_decimal
 from infermeter.core.records import UsageRecord, iso, utc_now
 
 T = TypeVar("T")
+PROBE_MIN_FREE = 1 << 20  # bytes free on the ledger's disk before a faulted ledger is healthy again
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 _GROUP_KEYS = {"day": "day", "model": "model", "tier": "service_tier"}
 _TENANT_COLS = "tenant_id, name, created_at, budget"
@@ -295,6 +298,38 @@ class SqliteStore:
                 f"the ledger writer did not commit within {timeout} s; the disk may be slow "
                 "or stalled: retry flush() or check the disk holding the store"
             )
+
+    # health ---------------------------------------------------------------
+    def health(self) -> str | None:
+        """None while the ledger can append; else why its last commit failed (disk full, I/O)."""
+        return self._writer.fault
+
+    def probe(self) -> str | None:
+        """Check that an append could commit now; clear or set ``health()``, and return it.
+
+        Two checks, adding nothing to the ledger: the disk holding the file has at least
+        ``PROBE_MIN_FREE`` bytes free (a write that reuses WAL space can succeed on a full
+        disk, so a write alone would say healthy too early), and one real write, a no-op
+        update of the ledger head, commits (and is fsynced) through the writer thread.
+        """
+
+        def touch(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE ledger_head SET size = size WHERE id = 0")
+
+        free = shutil.disk_usage(self.path.parent).free
+        if free < PROBE_MIN_FREE:
+            self._writer.fault = (
+                f"only {free:,} bytes free on the disk holding {self.path}, under the "
+                f"{PROBE_MIN_FREE:,} the ledger needs"
+            )
+            return self._writer.fault
+        try:
+            self.write(touch)
+        except Exception as exc:
+            self._writer.fault = fault_of(exc) or self._writer.fault
+        else:
+            self._writer.fault = None
+        return self._writer.fault
 
     # the ledger: reads ------------------------------------------------------
     def get_record(self, record_id: str) -> UsageRecord | None:

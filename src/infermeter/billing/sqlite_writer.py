@@ -112,6 +112,7 @@ class Writer:
         self.max_group = max_group
         self.wal_checkpointer = wal_checkpointer
         self.queue: SimpleQueue[tuple[Any, ...]] = SimpleQueue()
+        self.fault: str | None = None  # health hook: why the last ledger commit failed, if it did
         self.thread = threading.Thread(target=self._run, name="infermeter-ledger-writer")
         self.thread.daemon = True
         self.thread.start()
@@ -208,7 +209,9 @@ class Writer:
             results = self.append_now(entries)
             if self.wal_checkpointer is not None:
                 self.wal_checkpointer.committed(len(entries))
+            self.fault = None
         except Exception as exc:
+            self.fault = fault_of(exc) or self.fault
             if len(pending) == 1:
                 _deliver(pending[0], None, exc)
                 return
@@ -218,8 +221,10 @@ class Writer:
                 try:
                     one = self.append_now(batch)
                 except Exception as item_exc:
+                    self.fault = fault_of(item_exc) or self.fault
                     _deliver(item, None, item_exc)
                 else:
+                    self.fault = None
                     _deliver(item, one, None)
             return
         _deliver_all(pending, results)
@@ -383,6 +388,18 @@ def _existing(
             result = AppendResult(record_from_payload(payload), seq, entry_hash, False)
             found[0][request_id] = found[1][record_id] = result
     return found
+
+
+# health hook ----------------------------------------------------------------
+def fault_of(exc: BaseException) -> str | None:
+    """Why a ledger commit failed, for ``SqliteStore.health``; None for a bad record, not a bad disk.
+
+    Only storage errors (``sqlite3.OperationalError``: disk full, I/O error, locked,
+    read-only) make the ledger unhealthy; a record that violates a constraint fails alone.
+    """
+    if isinstance(exc, sqlite3.OperationalError | OSError):
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def closed_error() -> Unavailable:

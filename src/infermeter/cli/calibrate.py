@@ -1,10 +1,15 @@
 # ruff: noqa: RUF001  (Greek letters are the cost model's published coefficient names)
 """``infermeter calibrate``: measure this device and write a new RU table and cost models.
 
-    infermeter calibrate [--device cpu|cuda] [--engine ID] [--quick] [--json]
+    infermeter calibrate [--device cpu|cuda] [--engine ID] [--quick] [--activate] [--json]
+    infermeter calibrate list | calibrate activate VERSION | calibrate rollback
 
-The service loads the newest calibration at its next start (records then name the new
-RU-table and cost-model versions). ``EngineRunner`` adapts any Engine to the metering
+A calibration changes prices, so a run is saved as a candidate and becomes active only when
+its fit passes the MAPE gate (``metering.calibrations.MAPE_GATE_PERCENT``) or by name
+(``--activate``, ``activate VERSION``); before any change the price of a reference request
+(100 prompt + 100 completion tokens) is shown old → new for every precision and tier. The
+service loads the active calibration at its next start (records then name its RU-table and
+cost-model versions). ``EngineRunner`` adapts any Engine to the metering
 side's ``StepRunner`` (metering imports no runtime code).
 """
 
@@ -14,17 +19,21 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from infermeter.billing.pricing import DEFAULT_PLAN
 from infermeter.config import Settings, load_settings
-from infermeter.core.errors import NotFound, StaleEngine
+from infermeter.core.errors import InfermeterError, InvalidRequest, NotFound, StaleEngine
+from infermeter.core.money import format_decimal
 from infermeter.core.timing import StepTimer
-from infermeter.core.types import Phase, Precision
+from infermeter.core.types import Phase, Precision, ServiceTier
 from infermeter.metering import calibrate as cal
+from infermeter.metering import calibrations
 from infermeter.metering.ru import SEED_TABLE, RuTable, device_class_for
 from infermeter.runtime.engine import Engine, SeqInput
 
@@ -59,9 +68,48 @@ def model_shape(engine: Engine) -> cal.ModelShape:
 
 
 def base_table(home: Path) -> RuTable:
-    """The table a new calibration starts from: the newest calibrated one, else the seed."""
-    latest = cal.load_latest(home)
-    return latest.ru_table if latest is not None else SEED_TABLE
+    """The table a new calibration starts from (and prices use now): the active one, else the seed."""
+    active = calibrations.load_active(home)
+    return active.ru_table if active is not None else SEED_TABLE
+
+
+REFERENCE_TOKENS = (100, 100)  # prompt, completion: the reference request prices are shown for
+
+
+def price_change(old: RuTable, new: cal.Calibration) -> Table:
+    """The reference request priced by ``old`` and by ``new``'s table, per precision and tier.
+
+    Device time is the same in both columns (the candidate's measured µs per token for each
+    phase, times the reference tokens), so the change shown is the change in price alone.
+    """
+    prompt, completion = REFERENCE_TOKENS
+    us = {p.phase: p.us_per_token for p in new.probes}
+    prefill_us = round(us.get("prefill", 0.0) * prompt)
+    decode_us = round(us.get("decode", 0.0) * completion)
+    table = Table("precision", "tier", f"old ({old.version})", f"new ({new.ru_table.version})", "change")
+    for precision in sorted({k[2] for k in new.ru_table.factors if k[0] == new.device_class}, key=str):
+        for tier in ServiceTier:
+            after = DEFAULT_PLAN.cost(
+                new.ru_table.ru_micros(new.device_class, precision, prefill_us, decode_us), tier
+            )
+            try:
+                before: Decimal | None = DEFAULT_PLAN.cost(
+                    old.ru_micros(new.device_class, precision, prefill_us, decode_us), tier
+                )
+            except InfermeterError:
+                before = None  # the old table has no row for this device class or precision
+            change = (
+                "new" if before is None else "±0" if before == after else
+                f"×{(after / before).quantize(Decimal('0.01'))}" if before else "from 0"
+            )  # fmt: skip
+            table.add_row(
+                str(precision),
+                tier.value,
+                "—" if before is None else format_decimal(before),
+                format_decimal(after),
+                change,
+            )
+    return table
 
 
 def cpu_engines(settings: Settings) -> list[Engine]:
@@ -151,9 +199,25 @@ def run_calibration(
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     settings = load_settings({"home": args.home}, env=None)
+    if args.action == "list":
+        return _list(settings.home, args.json)
+    if args.action == "activate":
+        if not args.version:
+            raise InvalidRequest("calibrate activate needs a VERSION; see `infermeter calibrate list`")
+        return _activate(settings.home, args.version)
+    if args.action == "rollback":
+        return _rollback(settings.home)
+    if args.version:
+        raise InvalidRequest(f"unexpected {args.version!r}; VERSION goes with `calibrate activate`")
+    before = base_table(settings.home)
     result, path = run_calibration(settings, args.device, args.engine, args.quick)
+    problem = calibrations.gate_problem(result)
+    activated = problem is None or args.activate
+    if activated:
+        calibrations.activate(settings.home, result.version)
     if args.json:
-        sys.stdout.write(json.dumps(result.to_json() | {"path": str(path)}, indent=2) + "\n")
+        extra = {"path": str(path), "active": activated, "gate_problem": problem}
+        sys.stdout.write(json.dumps(result.to_json() | extra, indent=2) + "\n")
         return 0
     r = result.rates
     out.print(
@@ -182,12 +246,92 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         "coefficients in femtoseconds per feature unit; "
         f"RU table {result.ru_table.version}; written to {path}"
     )
-    out.print("the service uses this calibration at its next start")
+    prompt, completion = REFERENCE_TOKENS
+    out.print(f"price of a reference request ({prompt} prompt + {completion} completion tokens):")
+    out.print(price_change(before, result))
+    if problem is None:
+        out.print(
+            f"[green]active[/]: its fit passes the {calibrations.MAPE_GATE_PERCENT} % MAPE gate; "
+            "the service prices with it from its next start"
+        )
+    elif args.activate:
+        out.print(
+            f"[bold yellow]active (--activate)[/] although {problem}; "
+            "the service prices with it from its next start; undo: `infermeter calibrate rollback`"
+        )
+    else:
+        out.print(
+            f"[bold yellow]candidate only[/]: {problem}. Prices are unchanged. Activate it "
+            f"anyway with `infermeter calibrate activate {result.version}`"
+        )
+    return 0
+
+
+def _list(home: Path, as_json: bool) -> int:
+    active = calibrations.active_version(home)
+    was = set(calibrations.history(home))
+    rows: list[dict[str, Any]] = []
+    for c in calibrations.candidates(home):
+        status = "active" if c.version == active else "was active" if c.version in was else "candidate"
+        worst = calibrations.worst_mape(c.calibration)
+        rows.append({
+            "version": c.version, "created_at": c.calibration.created_at,
+            "device_class": c.calibration.device_class, "status": status,
+            "worst_mape_percent": None if worst is None else str(worst),
+            "passes_gate": calibrations.gate_problem(c.calibration) is None,
+        })  # fmt: skip
+    if as_json:
+        sys.stdout.write(json.dumps({"active": active, "calibrations": rows}, indent=2) + "\n")
+        return 0
+    table = Table("version", "created", "device", "worst MAPE", "gate", "status")
+    for r in rows:
+        mape = "—" if r["worst_mape_percent"] is None else f"{r['worst_mape_percent']} %"
+        table.add_row(r["version"], r["created_at"], r["device_class"], mape,
+                      "pass" if r["passes_gate"] else "fail", r["status"])  # fmt: skip
+    out.print(table)
+    out.print(f"active: {active or 'none (the seed RU table)'}; gate: fit MAPE under "
+              f"{calibrations.MAPE_GATE_PERCENT} %")  # fmt: skip
+    return 0
+
+
+def _activate(home: Path, version: str) -> int:
+    before = base_table(home)
+    candidate = calibrations.find(home, version)
+    out.print(price_change(before, candidate.calibration))
+    problem = calibrations.gate_problem(candidate.calibration)
+    calibrations.activate(home, version)
+    note = "" if problem is None else f" (although {problem})"
+    out.print(f"[green]active[/]: {version}{note}; the service prices with it from its next start")
+    return 0
+
+
+def _rollback(home: Path) -> int:
+    current = calibrations.active_version(home)
+    now = calibrations.rollback(home)
+    if now is not None and current is not None:
+        out.print(
+            price_change(
+                calibrations.find(home, current).calibration.ru_table,
+                calibrations.find(home, now).calibration,
+            )
+        )
+    out.print(
+        f"rolled back {current}; active now: {now or 'none (the seed RU table)'}, "
+        "from the service's next start"
+    )
     return 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("calibrate", help="measure this device: RU factors and cost models")
+    p = sub.add_parser(
+        "calibrate",
+        help="measure this device (RU factors, cost models); list, activate or roll back calibrations",
+    )
+    p.add_argument("action", nargs="?", choices=("list", "activate", "rollback"),
+                   help="without one: run a calibration and save it as a candidate")  # fmt: skip
+    p.add_argument("version", nargs="?", help="the calibration to activate (calibrate activate VERSION)")
+    p.add_argument("--activate", action="store_true",
+                   help="activate the new calibration even if its fit fails the MAPE gate")  # fmt: skip
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--engine", help="calibrate only this engine id (default: every engine)")
     p.add_argument("--quick", action="store_true", help="small workloads (seconds)")

@@ -24,9 +24,22 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
     return load_settings({"home": args.home, "db": getattr(args, "db", None), **extra})
 
 
-def open_store(settings: Settings) -> Store:
+def require_database(settings: Settings) -> None:
+    """Read-only commands never create a home: NotFound (exit 3) naming where they looked."""
+    if settings.db is None and not settings.db_path.exists():
+        raise NotFound(
+            f"no infermeter database at {settings.db_path.resolve()}: nothing to read. Pass the "
+            "home the server uses (--home DIR or INFERMETER_HOME; default ./.infermeter), or "
+            "start one with `infermeter serve`"
+        )
+
+
+def open_store(settings: Settings, *, create: bool = True) -> Store:
+    """The home's store (or ``--db``'s); with ``create=False`` (read-only commands) it must exist."""
     from infermeter.app.stores import make_store
 
+    if not create:
+        require_database(settings)
     return make_store(settings)
 
 
@@ -55,10 +68,8 @@ def _emit_json(obj: Any) -> None:
 
 # serve -----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from infermeter.api.app import create_app
     from infermeter.app.service import Service
+    from infermeter.cli import serving
 
     overrides = {
         "host": args.host,
@@ -69,27 +80,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "model_dir": args.model_dir,
         "queue": args.queue,
         "max_body_bytes": args.max_body_bytes,
+        "graceful_timeout": args.graceful_timeout,
     }
     if args.no_int8:
         overrides["int8"] = False
-    settings = settings_from(args, **overrides)
-    out.print(f"infermeter: data in [bold]{settings.home.resolve()}[/]; loading engines…")
-    service = Service.from_settings(settings)
-    if not service.store.list_tenants():
-        tenant = service.store.create_tenant("demo")
-        _, secret = service.store.create_key(tenant.tenant_id)
-        _, admin = service.store.create_key(None, admin=True)
-        out.print("First start: created tenant [bold]demo[/] and keys (shown once, stored hashed):")
-        out.print(f"  tenant key (demo): [bold green]{secret}[/]")
-        out.print(f"  admin key:         [bold yellow]{admin}[/]")
-    app = create_app(service)
-    url = f"http://{settings.host}:{settings.port}"
-    out.print(
-        f"OpenAI-compatible API on [bold]{url}/v1[/] (model {settings.model}); "
-        f"dashboard at {url}/dashboard; API docs at {url}/docs; metrics at {url}/metrics (admin key)"
-    )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
-    return 0
+    if args.allow_unverified:
+        overrides["allow_unverified"] = True
+    return serving.serve(settings_from(args, **overrides), Service.from_settings, out)
 
 
 # tenants and keys -------------------------------------------------------------------
@@ -122,7 +119,7 @@ def cmd_tenants_create(args: argparse.Namespace) -> int:
 
 
 def cmd_tenants_list(args: argparse.Namespace) -> int:
-    store = open_store(settings_from(args))
+    store = open_store(settings_from(args), create=False)
     try:
         tenants = store.list_tenants()
     finally:
@@ -191,7 +188,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    store = open_store(settings_from(args))
+    store = open_store(settings_from(args), create=False)
     try:
         tenant_id = _tenant(store, args.tenant).tenant_id if args.tenant else None
         keys = store.list_keys(tenant_id)
@@ -226,7 +223,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 # usage, invoices, ledger ------------------------------------------------------------
 def cmd_usage(args: argparse.Namespace) -> int:
-    store = open_store(settings_from(args))
+    store = open_store(settings_from(args), create=False)
     try:
         tenant_id = _tenant(store, args.tenant).tenant_id if args.tenant else None
         rows = store.usage_summary(tenant_id, args.group_by)
@@ -266,7 +263,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 def cmd_invoice(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     start, end = period_bounds(args.period)
-    store = open_store(settings)
+    store = open_store(settings, create=False)
     try:
         tenant = _tenant(store, args.tenant)
         records = [r for _, r in store.list_records(tenant.tenant_id, limit=10**9, start=start, end=end)]
@@ -309,6 +306,19 @@ def register(sub: Any) -> None:
         type=int,
         dest="max_body_bytes",
         help="refuse request bodies larger than this with a 413 (default 1048576 = 1 MiB)",
+    )
+    p.add_argument(
+        "--graceful-timeout",
+        type=int,
+        dest="graceful_timeout",
+        help="on SIGTERM, drain in-flight requests at most this many seconds, then cancel "
+        "(billed for work done) what is left (env INFERMETER_GRACEFUL_TIMEOUT; default 30)",
+    )
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        dest="allow_unverified",
+        help="serve even if the ledger fails the start-up verification (logged loudly)",
     )
     p.set_defaults(handler=cmd_serve)
 

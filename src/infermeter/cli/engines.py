@@ -28,6 +28,8 @@ from infermeter.runtime.compile.builder import (
 from infermeter.runtime.compile.metadata import BuildArgs
 from infermeter.runtime.engine_store import EngineStore, cpu_name
 
+from .commands import require_database
+
 # Piped output gets 120 columns rather than rich's 80: engine ids are long.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
@@ -94,7 +96,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    store = EngineStore(_settings(args).home)
+    settings = _settings(args)
+    require_database(settings)
+    store = EngineStore(settings.home)
     try:
         rows = [(r, engine_status(store, r)) for r in store.list(args.model)]
     finally:
@@ -121,7 +125,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = EngineStore(_settings(args).home)
+    settings = _settings(args)
+    require_database(settings)
+    store = EngineStore(settings.home)
     try:
         record = store.get(args.engine)
         status = engine_status(store, record)

@@ -58,7 +58,7 @@ def _report_json(chain: VerifyReport, cps: CheckpointReport) -> dict[str, Any]:
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    store = open_store(settings)
+    store = open_store(settings, create=False)
     try:
         chain = store.verify()
     finally:

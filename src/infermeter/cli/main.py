@@ -41,18 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
-    _db_everywhere(parser)
+    _accept_anywhere(parser, "--home")
+    _accept_anywhere(parser, "--db")
     return parser
 
 
-def _db_everywhere(parser: argparse.ArgumentParser) -> None:
-    """Let every command take ``--db`` after its name too (``infermeter serve --db URL``)."""
+def _accept_anywhere(parser: argparse.ArgumentParser, option: str) -> None:
+    """A top-level option after the subcommand too (``infermeter ledger verify --home X``).
+
+    SUPPRESS as the default: a subcommand that was not given the option keeps the value given
+    before it, rather than resetting it to None.
+    """
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                _db_everywhere(child)
-                if not any("--db" in a.option_strings for a in child._actions):
-                    child.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                if not any(option in a.option_strings for a in child._actions):
+                    child.add_argument(option, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                _accept_anywhere(child, option)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,9 +11,10 @@ Three measurements (reference/gpu_metering.md §6.4):
 3. Logged steps with varied batch composition, fitted to (α, β, γ, δ, φ) per engine by
    ``costfit.fit_cost_model``, with its MAPE.
 
-Results go to ``<home>/calibration/calibration-<version>.json``; the service loads the
-newest at start (``load_latest``). Engines are reached through ``StepRunner`` so that this
-module needs no runtime import (the CLI adapts an Engine to it).
+Results go to ``<home>/calibration/calibration-<version>.json`` as candidates; one prices
+requests only once it is active (``metering.calibrations``: the MAPE gate, activation,
+rollback), and the service loads the active one at start. Engines are reached through
+``StepRunner`` so that this module needs no runtime import (the CLI adapts an Engine to it).
 """
 
 from __future__ import annotations

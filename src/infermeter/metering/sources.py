@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from infermeter.core.errors import ConfigError
+from infermeter.core.errors import ConfigError, Unavailable
 
 MIB = 1 << 20
 
@@ -230,6 +231,55 @@ def dcgm_available() -> bool:
     return True
 
 
+# DCGM's "blank" sentinels (dcgm_structs.h): a value at or above them means "no reading".
+DCGM_INT64_BLANK = 0x7FFFFFFFFFFFFFF0
+DCGM_FP64_BLANK = 140737488355328.0
+
+
+def _dcgm_value(values: dict[int, Any], field: int) -> float | None:
+    """A field's latest value; None when DCGM has none or reports its blank sentinel."""
+    value = values.get(field)
+    if value is None:
+        return None
+    number = float(value)
+    if isinstance(value, int) and value >= DCGM_INT64_BLANK:
+        return None
+    return None if number >= DCGM_FP64_BLANK else number
+
+
+def _reader_uuids(reader: Any) -> dict[int, str]:
+    """DCGM gpu id → UUID, through DcgmReader's system handle. [unverified: no DCGM here]"""
+    discovery = reader.m_dcgmSystem.discovery
+    return {
+        int(gpu): str(discovery.GetGpuAttributes(gpu).identifiers.uuid)
+        for gpu in discovery.GetAllSupportedGpuIds()
+    }
+
+
+def cuda_device_uuid(index: int = 0, *, nvml: Any | None = None, env: dict[str, str] | None = None) -> str:
+    """The UUID of CUDA device ``index``, honouring CUDA_VISIBLE_DEVICES (ids or UUIDs).
+
+    NVML numbers GPUs in PCI order, as DCGM does; CUDA_VISIBLE_DEVICES renumbers them for
+    the process. The UUID is the one name every layer agrees on.
+    """
+    visible = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES", "").strip()
+    physical = index
+    if visible:
+        entries = [v.strip() for v in visible.split(",") if v.strip()]
+        if index >= len(entries):
+            raise ConfigError(f"CUDA device {index} is not in CUDA_VISIBLE_DEVICES={visible!r}")
+        if entries[index].startswith(("GPU-", "MIG-")):
+            return entries[index]
+        physical = int(entries[index])
+    nv = nvml if nvml is not None else _import_pynvml()
+    nv.nvmlInit()
+    try:
+        uuid = nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(physical))
+    finally:
+        nv.nvmlShutdown()
+    return uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+
+
 class DcgmSource:
     """DCGM's profiling fields (SM / tensor / DRAM active) and energy, through nv-hostengine.
 
@@ -237,9 +287,23 @@ class DcgmSource:
     e.g. /usr/share/datacenter-gpu-manager-4/bindings/python3) and a running nv-hostengine.
     DCGM averages profiling fields over its own update interval (``update_ms``, minimum
     100 ms), so the activities are DCGM's latest values, not exactly this window's.
+
+    The GPU is found by UUID (``device_uuid``; ``uuids`` maps DCGM gpu ids to UUIDs, read
+    from DCGM when not given), since DCGM's ids need not be CUDA's device numbers. A read
+    without the energy counter is a failed read (``Unavailable``): the sampler skips the tick
+    and the next window spans the gap. It is never 0, which would charge the next window
+    with the GPU's whole energy since the driver loaded.
     """
 
-    def __init__(self, gpu_id: int = 0, *, update_ms: int = 100, reader: Any | None = None) -> None:
+    def __init__(
+        self,
+        gpu_id: int = 0,
+        *,
+        update_ms: int = 100,
+        reader: Any | None = None,
+        device_uuid: str | None = None,
+        uuids: dict[int, str] | None = None,
+    ) -> None:
         if reader is None:
             try:
                 module = importlib.import_module("DcgmReader")
@@ -251,13 +315,23 @@ class DcgmSource:
             reader = module.DcgmReader(
                 fieldIds=list(DCGM_FIELDS),
                 updateFrequency=max(100, update_ms) * 1000,
-                gpuIds=[gpu_id],
+                gpuIds=None if device_uuid is not None else [gpu_id],
             )
             reader.Init()  # loads libdcgm and connects to nv-hostengine
+        if device_uuid is not None:
+            known = uuids if uuids is not None else _reader_uuids(reader)
+            matches = [gpu for gpu, uuid in known.items() if uuid == device_uuid]
+            if not matches:
+                raise ConfigError(
+                    f"DCGM has no GPU with UUID {device_uuid}; it sees "
+                    f"{', '.join(f'{g}={u}' for g, u in sorted(known.items())) or 'none'}: "
+                    "run nv-hostengine on the host of this device, or use sampler=nvml"
+                )
+            gpu_id = matches[0]
         self._reader = reader
         self._gpu = gpu_id
         self.name = f"dcgm:{gpu_id}"
-        self.device = f"dcgm gpu {gpu_id}"
+        self.device = f"dcgm gpu {gpu_id}" + (f" ({device_uuid})" if device_uuid else "")
         self.idle_power_mw: int | None = None
 
     def read(self) -> Sample:
@@ -265,17 +339,22 @@ class DcgmSource:
         values: dict[int, Any] = self._reader.GetLatestGpuValuesAsFieldIdDict().get(self._gpu, {})
 
         def ratio(field: int) -> float | None:
-            value = values.get(field)
-            if value is None:
+            number = _dcgm_value(values, field)
+            if number is None:
                 return None
-            number = float(value)
             return number if math.isnan(number) else min(1.0, max(0.0, number))
 
-        energy = values.get(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION)
-        memory = values.get(DCGM_FI_DEV_FB_USED)
+        energy = _dcgm_value(values, DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION)
+        if energy is None or math.isnan(energy):
+            raise Unavailable(
+                f"DCGM gave no energy reading (field {DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION}) for GPU "
+                f"{self._gpu}; this window is skipped and the next spans it. If it persists, check "
+                "that nv-hostengine watches the field (dcgmi dmon -e 156)"
+            )
+        memory = _dcgm_value(values, DCGM_FI_DEV_FB_USED)
         return Sample(
             now,
-            int(energy) if energy is not None else 0,
+            int(energy),
             ratio(DCGM_FI_PROF_SM_ACTIVE),
             ratio(DCGM_FI_PROF_PIPE_TENSOR_ACTIVE),
             ratio(DCGM_FI_PROF_DRAM_ACTIVE),
@@ -300,7 +379,7 @@ def make_source(kind: str, *, device_index: int = 0) -> SampleSource | None:
     if kind == "nvml":
         return NvmlSource(device_index)
     if kind == "dcgm":
-        return DcgmSource(device_index)
+        return DcgmSource(device_uuid=cuda_device_uuid(device_index))
     raise ConfigError(f"sampler={kind!r} is unknown; use one of {', '.join(SOURCE_KINDS)}")
 
 
@@ -312,6 +391,7 @@ __all__ = [
     "Sample",
     "SampleSource",
     "ScriptedSource",
+    "cuda_device_uuid",
     "dcgm_available",
     "make_source",
 ]

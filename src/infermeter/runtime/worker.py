@@ -186,6 +186,24 @@ class Worker:
         self._inbox.put(("cancel", request_id))
         self._wake.set()
 
+    def cancel_all(self, timeout: float = 10.0) -> int:
+        """Cancel every request, running or waiting; each is billed for the work done.
+
+        Returns once the worker has handed every one to the sink (or ``timeout`` passed);
+        returns how many requests were in flight when it was asked. For shutdown and for a
+        ledger that cannot append.
+        """
+        count = self.in_flight()
+        done = threading.Event()
+        self._inbox.put(("cancel_all", done))
+        self._wake.set()
+        if self._thread.is_alive():
+            done.wait(timeout)
+        return count
+
+    def in_flight(self) -> int:
+        return len(self._requests)
+
     def queue_depth(self) -> int:
         return sum(s.scheduler.num_waiting for s in self._slots.values())
 
@@ -250,6 +268,14 @@ class Worker:
                 if op == "submit":
                     assert isinstance(arg, GenerationRequest)
                     self._admit(arg)
+                elif op == "cancel_all":
+                    assert isinstance(arg, threading.Event)
+                    for req in list(self._requests.values()):
+                        slot = self._slots[req.engine_id]
+                        fin = slot.scheduler.abort(req.request_id)
+                        if fin is not None:
+                            self._finish(slot, fin)
+                    arg.set()
                 elif op == "cancel":
                     assert isinstance(arg, str)
                     for slot in self._slots.values():
