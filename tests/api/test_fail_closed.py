@@ -169,11 +169,11 @@ def test_a_failed_commit_sets_store_health_and_a_successful_one_clears_it(tmp_pa
     """SQLITE_FULL from a page limit is a fault that health() names; the next good commit clears it."""
     with SqliteStore(tmp_path / "l.db") as store:
         assert store.health() is None
-        store._write(lambda conn: conn.execute("PRAGMA max_page_count = 1"))  # no page may be added
+        store.write(lambda conn: conn.execute("PRAGMA max_page_count = 1"))  # no page may be added
         with pytest.raises(Exception, match="full"):
             for i in range(200):
                 store.append([make_record(i)])
         assert store.health() is not None and "full" in store.health()  # type: ignore[operator]
-        store._write(lambda conn: conn.execute("PRAGMA max_page_count = 1000000"))
+        store.write(lambda conn: conn.execute("PRAGMA max_page_count = 1000000"))
         store.append([make_record(999)])
         assert store.health() is None
