@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infermeter.billing import signed_note
+from infermeter.billing import signed_note, tlog_proof
 from infermeter.billing.signed_note import COSIGNATURE_V1, Note, NoteError, VerifierKey
 from infermeter.billing.tiles import (
     TilePathError,
@@ -60,6 +60,18 @@ SOFA_COSIGNED = (
     "2oyin1nPZqhf5nNo0xUe+mbIUBkBIfZ+qnA==\n"
 )
 SOFA_MESSAGE = "cosignature/v1\ntime 1679315147\n" + SOFA_TEXT
+# c2sp.org/tlog-proof's example up to its checkpoint (whose signatures the spec elides).
+PROOF_HEAD = (
+    "c2sp.org/tlog-proof@v1\n"
+    "extra YWdlLXYxLjIuMS1kYXJ3aW4tYXJtNjQudGFyLmd6kYXJ3aW4tYXJ\n"
+    "index 73894\n"
+    "gSKyXoYZUgZ6jduWYrkDOARinOMGJveXjgMkBTcdPlQ=\n"
+    "B95lDa8R83lS8n0eG+o0buTxRKQTYFi//1U8anccXmA=\n"
+    "EKNzoDWG8LGC0Yp9o+sv3qllpMP9uHQ9B20KNL+Q1zs=\n"
+    "RoopEkOdqkYqMB4MJXrbt/hMjOxsVn0IrWjpz1ZMMes=\n"
+    "AHCioX9nLjsrse6YhjRRmk1WUEirVOLLRoOQ6vfO5vk=\n"
+    "\n"
+)
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 WITNESS = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 
@@ -144,6 +156,31 @@ def test_a_cosignature_time_above_2_63_minus_1_is_refused() -> None:
         "w1", vkey.key_id, too_late + WITNESS.sign(signed_note.cosigned_message(text, 2**63))
     )
     assert not signed_note.signature_valid(text, forged, vkey)
+
+
+def _fancylog() -> Note:
+    text = "example.com/fancylog\n109482\nsFodV/vSp5O8n9a8QpW6PRY97tfOSW5bsc2Xl/EQi08=\n"
+    return Note(text, (signed_note.sign(text, "example.com/fancylog", KEY),))
+
+
+def test_the_tlog_proof_spec_example_parses_line_by_line() -> None:
+    """tlog-proof's example: header, extra, index 73894, five path hashes, blank line, checkpoint."""
+    data = PROOF_HEAD + _fancylog().encode().decode()
+    proof = tlog_proof.parse(data)
+    assert proof.extra.startswith(b"age-v1.2.1-darwin-arm64.tar.gz") and proof.index == 73894
+    assert [base64.b64encode(h).decode() for h in proof.path] == PROOF_HEAD.split("\n")[3:8]
+    assert parse_checkpoint(proof.checkpoint.text).size == 109482
+    assert proof.text() == data
+
+
+def test_a_tlog_proof_without_extra_data_omits_the_extra_line() -> None:
+    """tlog-proof: 'If no extra data is present, this line is omitted' — written so, read so."""
+    proof = tlog_proof.TlogProof(b"", 0, (), _fancylog())
+    assert proof.text().startswith("c2sp.org/tlog-proof@v1\nindex 0\n\nexample.com/fancylog\n")
+    assert tlog_proof.parse(proof.text()) == proof
+    for bad in ("index 07", "index -1", "extra !!", "Index 7"):
+        with pytest.raises(NoteError):
+            tlog_proof.parse(f"c2sp.org/tlog-proof@v1\n{bad}\n\n" + _fancylog().encode().decode())
 
 
 def test_a_signed_checkpoint_round_trips_and_verifies_independently() -> None:
