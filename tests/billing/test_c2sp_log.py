@@ -79,6 +79,28 @@ def test_the_signed_checkpoint_is_the_root_an_independent_client_rebuilds_from_t
     assert ind.mth(leaves) == root
 
 
+def test_the_tlog_tiles_example_of_70000_entries_is_served_level_by_level(
+    store: SqliteStore, plog: PublicLog
+) -> None:
+    """tlog-tiles' example: 273 full level-0 tiles and one of 112, one full level-1 tile and one
+    of 17, one level-2 tile of 1; the independent client checks every hash of every level."""
+    for start in range(0, 70_000, 10_000):
+        store.append([make_record(i) for i in range(start, start + 10_000)])
+    cp, _ = plog.publish()
+    assert cp.tree_size == 70_000
+    expected = [
+        (0, 272, 256), (0, 273, 112), (1, 0, 256), (1, 1, 17), (2, 0, 1), (None, 273, 112)
+    ]  # fmt: skip
+    for level, index, width in expected:
+        data = plog.tile(TileRef(level, index, width), 70_000)
+        assert data is not None and len(data) == (32 if level is not None else 34) * width
+    for level, index, width in [(0, 274, 1), (1, 1, 18), (2, 0, 2), (3, 0, 1), (1, 2, 1)]:
+        assert plog.tile(TileRef(level, index, width), 70_000) is None
+    _, size, root = ind.parse_checkpoint(signed_note.parse(cp.note).text)
+    leaves = ind.fetch_tree(size, get_tile(plog, size))  # type: ignore[arg-type]
+    assert ind.mth(leaves) == root
+
+
 def test_tile_entries_are_commitments_that_reveal_no_usage(store: SqliteStore, plog: PublicLog) -> None:
     """An entry bundle holds 32-byte hashes; no tenant id, record id or cost appears in it."""
     store.append([make_record(i) for i in range(3)])
