@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def test_an_auditor_rebuilds_the_root_from_tiles_and_checks_an_older_checkpoint(
     svc.store.append([make_record(i) for i in range(300 - start)])
     svc.log_publisher.tick()
     older = fetch(fake_server, "checkpoint")
-    assert older.headers["content-type"].startswith("text/plain")
+    assert older.headers["content-type"] == "text/plain; charset=utf-8"
     old_text, signed = ind.open_note(older.content, [vkey])
     origin, old_size, old_root = ind.parse_checkpoint(old_text)
     assert signed == [origin] and old_size == 300
@@ -58,8 +59,12 @@ def test_an_auditor_rebuilds_the_root_from_tiles_and_checks_an_older_checkpoint(
     assert ind.mth(leaves) == root
     assert ind.mth(leaves[:old_size]) == old_root  # the older tree is a prefix of the newer
     full = fetch(fake_server, "tile/0/001")
+    assert full.headers["content-type"] == "application/octet-stream"
     assert "immutable" in full.headers["cache-control"]
-    assert "immutable" not in fetch(fake_server, "tile/0/002.p/188").headers["cache-control"]
+    partial = fetch(fake_server, "tile/0/002.p/188")  # tlog-tiles: partial tiles are immutable too
+    assert "immutable" in partial.headers["cache-control"] and len(partial.content) == 188 * 32
+    assert fetch(fake_server, "tile/0/002.p/44").content == partial.content[: 44 * 32]  # size 300's
+    assert "no-cache" in fetch(fake_server, "checkpoint").headers["cache-control"]
     assert fetch(fake_server, "tile/0/003").status_code == 404
     assert fetch(fake_server, "tile/0/1").status_code == 400
 
@@ -139,6 +144,14 @@ def test_a_witnessed_receipt_verifies_offline_and_a_truncated_log_is_refused(tmp
         held.write_bytes(httpx.get(f"{live.url}/log/checkpoint").content)
         assert "witness.test/w1" in held.read_text()
         size = int(held.read_text().split("\n")[1])
+        origin = held.read_text().split("\n")[0]
+        view = httpx.get(f"{url}/{hashlib.sha256(origin.encode()).hexdigest()}/checkpoint", timeout=30)
+        text, signers = ind.open_note(view.content, [log_vkey, witness_vkey])  # the witness's own view
+        assert view.status_code == 200 and signers == [origin, "witness.test/w1"]
+        assert ind.parse_checkpoint(text)[1] == size
+        conflict = httpx.post(f"{url}/add-checkpoint", content=b"old 0\n\n" + held.read_bytes(), timeout=30)
+        assert conflict.status_code == 409 and conflict.text == f"{size}\n"
+        assert conflict.headers["content-type"] == "text/x.tlog.size"
         for _ in server:  # stop the server (and the service)
             pass
         keep = size - 2

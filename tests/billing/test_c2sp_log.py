@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -14,10 +15,12 @@ from hypothesis import strategies as st
 
 from infermeter.billing import signed_note, tlog_proof
 from infermeter.billing.log_audit import audit
+from infermeter.billing.merkle import EMPTY_ROOT
 from infermeter.billing.public_log import PublicLog
 from infermeter.billing.signing import LedgerKeys
 from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.billing.tiles import TileRef, decode_entry_bundle
+from infermeter.billing.tlog_checkpoint import TreeHead
 from infermeter.billing.witness import AddCheckpoint, Witness
 from infermeter.core.errors import LedgerIntegrityError
 from tests import independent_tlog as ind
@@ -72,6 +75,28 @@ def test_the_signed_checkpoint_is_the_root_an_independent_client_rebuilds_from_t
     text, signed = ind.open_note(cp.note.encode(), [vkey])
     origin, size, root = ind.parse_checkpoint(text)
     assert signed == [plog.origin] == [origin] and size == 600
+    leaves = ind.fetch_tree(size, get_tile(plog, size))  # type: ignore[arg-type]
+    assert ind.mth(leaves) == root
+
+
+def test_the_tlog_tiles_example_of_70000_entries_is_served_level_by_level(
+    store: SqliteStore, plog: PublicLog
+) -> None:
+    """tlog-tiles' example: 273 full level-0 tiles and one of 112, one full level-1 tile and one
+    of 17, one level-2 tile of 1; the independent client checks every hash of every level."""
+    for start in range(0, 70_000, 10_000):
+        store.append([make_record(i) for i in range(start, start + 10_000)])
+    cp, _ = plog.publish()
+    assert cp.tree_size == 70_000
+    expected = [
+        (0, 272, 256), (0, 273, 112), (1, 0, 256), (1, 1, 17), (2, 0, 1), (None, 273, 112)
+    ]  # fmt: skip
+    for level, index, width in expected:
+        data = plog.tile(TileRef(level, index, width), 70_000)
+        assert data is not None and len(data) == (32 if level is not None else 34) * width
+    for level, index, width in [(0, 274, 1), (1, 1, 18), (2, 0, 2), (3, 0, 1), (1, 2, 1)]:
+        assert plog.tile(TileRef(level, index, width), 70_000) is None
+    _, size, root = ind.parse_checkpoint(signed_note.parse(cp.note).text)
     leaves = ind.fetch_tree(size, get_tile(plog, size))  # type: ignore[arg-type]
     assert ind.mth(leaves) == root
 
@@ -217,6 +242,73 @@ def test_a_witness_cosigns_growth_and_refuses_rollbacks_and_bad_proofs(
     assert other.add_checkpoint(AddCheckpoint(0, (), nine.note.encode()).encode()).status == 404
     witness.close()
     other.close()
+
+
+def test_a_witness_answers_422_for_the_same_size_with_another_root(
+    store: SqliteStore, plog: PublicLog, tmp_path: Path
+) -> None:
+    """tlog-witness: old = checkpoint size but a different root is 422, not 409, and not cosigned."""
+    witness = Witness(tmp_path / "w", "w.example", [plog.active_verifier_key()])
+    store.append([make_record(i) for i in range(3)])
+    three, _ = plog.publish()
+    assert witness.add_checkpoint(AddCheckpoint(0, (), three.note.encode()).encode()).status == 200
+    fork = TreeHead(plog.origin, 3, bytes(32)).text()
+    _, key = plog.keys.active()
+    forged = signed_note.Note(fork, (signed_note.sign(fork, plog.origin, key),)).encode()
+    reply = witness.add_checkpoint(AddCheckpoint(3, (), forged).encode())
+    assert (reply.status, reply.content_type) == (422, "text/plain; charset=utf-8")
+    assert "forks" in reply.body and witness.latest(plog.origin) == (3, bytes.fromhex(three.root_hash))
+    same = witness.add_checkpoint(AddCheckpoint(3, (), three.note.encode()).encode())
+    assert same.status == 200  # the same checkpoint again is consistent: cosigned anew
+    witness.close()
+
+
+def test_a_witness_answers_422_for_a_size_zero_checkpoint_without_the_empty_root(
+    plog: PublicLog, tmp_path: Path
+) -> None:
+    """tlog-witness: size 0 must carry SHA-256(''); any other root is 422; the empty tree is 200."""
+    witness = Witness(tmp_path / "w", "w.example", [plog.active_verifier_key()])
+    _, key = plog.keys.active()
+
+    def note(root: bytes) -> bytes:
+        text = TreeHead(plog.origin, 0, root).text()
+        return signed_note.Note(text, (signed_note.sign(text, plog.origin, key),)).encode()
+
+    assert witness.add_checkpoint(AddCheckpoint(0, (), note(bytes(32))).encode()).status == 422
+    assert witness.latest(plog.origin) is None
+    assert witness.add_checkpoint(AddCheckpoint(0, (), note(EMPTY_ROOT)).encode()).status == 200
+    witness.close()
+
+
+def test_a_witness_refuses_a_proof_from_old_size_zero_and_more_than_63_proof_lines(
+    store: SqliteStore, plog: PublicLog, tmp_path: Path
+) -> None:
+    """tlog-witness: from old 0 the proof MUST be empty (422); a client sends at most 63 lines (400)."""
+    witness = Witness(tmp_path / "w", "w.example", [plog.active_verifier_key()])
+    store.append([make_record(i) for i in range(3)])
+    three, _ = plog.publish()
+    assert witness.add_checkpoint(AddCheckpoint(0, (bytes(32),), three.note.encode()).encode()).status == 422
+    many = AddCheckpoint(0, tuple(bytes(32) for _ in range(64)), three.note.encode()).encode()
+    assert witness.add_checkpoint(many).status == 400
+    witness.close()
+
+
+def test_the_witness_monitoring_view_serves_the_cosigned_checkpoint(
+    store: SqliteStore, plog: PublicLog, tmp_path: Path
+) -> None:
+    """tlog-witness: GET <hex SHA-256(origin)>/checkpoint has the log's signature and the cosignature."""
+    witness = Witness(tmp_path / "w", "w.example", [plog.active_verifier_key()])
+    origin_hash = hashlib.sha256(plog.origin.encode()).hexdigest()
+    assert witness.checkpoint(origin_hash).status == 404  # never cosigned
+    store.append([make_record(i) for i in range(4)])
+    four, _ = plog.publish()
+    cosig = witness.add_checkpoint(AddCheckpoint(0, (), four.note.encode()).encode()).body
+    view = witness.checkpoint(origin_hash)
+    assert view.status == 200 and view.body == four.note + cosig
+    keys = [plog.active_verifier_key().text(), witness.verifier_key.text()]
+    assert ind.open_note(view.body.encode(), keys)[1] == [plog.origin, "w.example"]
+    assert witness.checkpoint(origin_hash.upper()).status == 404
+    witness.close()
 
 
 def test_the_audit_names_the_fork_a_witness_cosigned(

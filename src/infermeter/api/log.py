@@ -5,10 +5,13 @@ GET /log/checkpoint                  the newest checkpoint: a C2SP signed note, 
 GET /log/tile/<L>/<N>[.p/<W>]        hash tiles (application/octet-stream)
 GET /log/tile/entries/<N>[.p/<W>]    entry bundles: each entry is a salted commitment
 
-Tiles are served up to the newest checkpoint's tree size. A full tile never changes, so it
-is sent with ``Cache-Control: public, max-age=31536000, immutable``; a partial one is
-superseded by wider ones as the log grows, so it may be cached for a minute. No key is
-needed: the tiles reveal how many entries the ledger has, not what any entry says.
+Tiles are served up to the newest checkpoint's tree size. tlog-tiles calls the tile
+endpoints immutable, partial tiles included (``.p/W`` names the first W hashes, which never
+change; a wider tile has another path), so every tile is sent with ``Cache-Control: public,
+max-age=31536000, immutable``; the checkpoint, which changes, with ``no-cache``. Entry
+bundles are not compressed: their entries are random-looking commitments that gzip cannot
+shrink. No key is needed: the tiles reveal how many entries the ledger has, not what any
+entry says.
 """
 
 from __future__ import annotations
@@ -59,5 +62,4 @@ def tile(request: Request, path: str) -> Response:
             f"the log has no tile {ref.path()} at its checkpointed size {size}; fetch "
             "/log/checkpoint and request only the tiles that size has"
         )
-    cache = IMMUTABLE if ref.full else "public, max-age=60"
-    return Response(data, media_type="application/octet-stream", headers={"Cache-Control": cache})
+    return Response(data, media_type="application/octet-stream", headers={"Cache-Control": IMMUTABLE})

@@ -1,21 +1,25 @@
 """C2SP signed notes (c2sp.org/signed-note): a text and the signature lines under it.
 
-A note is its text (UTF-8, one or more lines, each ending in a newline), a blank line, then
-one or more signature lines::
+A note is its text (UTF-8, ending in a newline; it may hold empty lines), a blank line, then
+one or more signature lines; the text ends at the note's *last* blank line::
 
     <text>\\n
     \\n
     — <key name> <base64(key id ‖ signature)>\\n
 
-The dash is U+2014. A key is named by its ``name`` (no whitespace, no ``+``) and a 4-byte
-key id, the first four bytes of SHA-256(name ‖ 0x0A ‖ type ‖ public key). Two key types
-are implemented:
+The dash is U+2014. No part of a note holds an ASCII control character (below U+0020) other
+than newline. A key is named by its ``name`` (non-empty, no Unicode space, no ``+``) and a
+4-byte key id, the first four bytes of SHA-256(name ‖ 0x0A ‖ type ‖ public key). Two key
+types are implemented:
 
 - ``0x01`` Ed25519: the signature is Ed25519 over the note's text;
 - ``0x04`` tlog-cosignature/v1 (c2sp.org/tlog-cosignature): the signature field is an 8-byte
-  big-endian Unix time followed by Ed25519 over ``cosignature/v1\\ntime <t>\\n`` ‖ text.
+  big-endian Unix time (at most 2^63 - 1) followed by Ed25519 over
+  ``cosignature/v1\\ntime <t>\\n`` ‖ text.
 
-A verifier key is written ``<name>+<key id as 8 hex digits>+<base64(type ‖ public key)>``.
+A verifier key is written ``<name>+<key id as 8 lowercase hex digits>+<base64(type ‖ public
+key)>``. Base64 is accepted only in its canonical spelling (RFC 4648 §3.5 lets a decoder
+refuse non-zero padding bits), so every note has one encoding.
 Signatures by keys a verifier does not know are ignored, never an error. Pure functions only.
 """
 
@@ -35,7 +39,8 @@ from infermeter.billing.signing import raw_public, verify_signature
 ED25519 = 0x01
 COSIGNATURE_V1 = 0x04
 DASH = "\u2014"
-MAX_SIGNATURES = 100  # as Go's sumdb/note: a note with more is refused, not searched
+MAX_SIGNATURES = 100  # signed-note: at least 16 must be accepted; Go's sumdb/note stops at 100
+MAX_TIMESTAMP = 2**63 - 1  # tlog-cosignature: a cosignature's time never exceeds it
 
 
 class NoteError(ValueError):
@@ -48,8 +53,8 @@ def key_id(name: str, key_type: int, public_key: bytes) -> bytes:
 
 
 def _check_name(name: str) -> None:
-    if not name or any(c.isspace() or c == "+" for c in name) or not name.isprintable():
-        raise NoteError(f"key name {name!r} must be non-empty, printable, without spaces or '+'")
+    if not name or any(c.isspace() or c == "+" or ord(c) < 0x20 for c in name):
+        raise NoteError(f"key name {name!r} must be non-empty, without spaces, control characters or '+'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +83,10 @@ class VerifierKey:
         name, hex_id, blob = parts
         _check_name(name)
         raw = b64(blob, f"verifier key {text!r}: the key")
-        try:
-            stated = bytes.fromhex(hex_id)
-        except ValueError:
-            raise NoteError(f"verifier key {text!r}: the key id must be hex") from None
-        if len(raw) != 33 or raw[0] not in (ED25519, COSIGNATURE_V1) or len(stated) != 4:
+        if len(hex_id) != 8 or any(c not in "0123456789abcdef" for c in hex_id):
+            raise NoteError(f"verifier key {text!r}: the key id {hex_id!r} must be 8 lowercase hex digits")
+        stated = bytes.fromhex(hex_id)
+        if len(raw) != 33 or raw[0] not in (ED25519, COSIGNATURE_V1):
             raise NoteError(
                 f"verifier key {text!r}: expected an 8-hex-digit id and 33 bytes of key "
                 "(type 0x01 Ed25519 or 0x04 cosignature/v1, then the 32-byte public key)"
@@ -136,11 +140,18 @@ def b64(text: str, what: str) -> bytes:
     return data
 
 
+def _check_controls(text: str) -> None:
+    for at, c in enumerate(text):
+        if ord(c) < 0x20 and c != "\n":
+            raise NoteError(
+                f"a note holds the control character U+{ord(c):04X} at {at}; only newline is allowed"
+            )
+
+
 def _check_text(text: str) -> None:
-    if not text.endswith("\n") or text.startswith("\n") or "\n\n" in text:
-        raise NoteError("a note's text is one or more non-empty lines, each ending in a newline")
-    if any(c != "\n" and (ord(c) < 0x20 or ord(c) == 0x7F) for c in text):
-        raise NoteError("a note's text must not hold control characters other than newline")
+    if not text.endswith("\n"):
+        raise NoteError("a note's text ends with a newline")
+    _check_controls(text)
 
 
 def cosigned_message(text: str, timestamp: int) -> bytes:
@@ -158,6 +169,8 @@ def sign(text: str, name: str, private_key: Ed25519PrivateKey) -> NoteSignature:
 def cosign(text: str, name: str, private_key: Ed25519PrivateKey, timestamp: int) -> NoteSignature:
     """A tlog-cosignature/v1 (type 0x04) signature of a checkpoint's ``text`` at ``timestamp``."""
     _check_text(text)
+    if not 0 <= timestamp <= MAX_TIMESTAMP:
+        raise NoteError(f"a cosignature's time {timestamp} must be 0..2^63-1 (POSIX seconds)")
     vkey = verifier_for(name, private_key, COSIGNATURE_V1)
     sig = private_key.sign(cosigned_message(text, timestamp))
     return NoteSignature(name, vkey.key_id, struct.pack(">Q", timestamp) + sig)
@@ -169,11 +182,11 @@ def parse(data: bytes | str) -> Note:
         msg = data.decode() if isinstance(data, bytes) else data
     except UnicodeDecodeError:
         raise NoteError("a note must be UTF-8") from None
+    _check_controls(msg)
     split = msg.rfind("\n\n")
     if split < 0:
         raise NoteError("a note is its text, a blank line, then signature lines; no blank line found")
     text, rest = msg[: split + 1], msg[split + 2 :]
-    _check_text(text)
     if not rest.endswith("\n"):
         raise NoteError("a note ends with a newline after its last signature line")
     signatures: list[NoteSignature] = []
@@ -200,6 +213,8 @@ def signature_valid(text: str, sig: NoteSignature, key: VerifierKey) -> bool:
     if len(sig.signature) != 72:
         return False
     (when,) = struct.unpack(">Q", sig.signature[:8])
+    if when > MAX_TIMESTAMP:
+        return False
     return verify_signature(key.public_key, sig.signature[8:], cosigned_message(text, when))
 
 
@@ -232,6 +247,7 @@ __all__ = [
     "COSIGNATURE_V1",
     "DASH",
     "ED25519",
+    "MAX_TIMESTAMP",
     "Note",
     "NoteError",
     "NoteSignature",

@@ -7,6 +7,10 @@
     \\n
     <the checkpoint: a signed note, with the log's signature and any witness cosignatures>
 
+The spec makes the ``extra`` line optional (omitted when there is no extra data) and names
+no media type; files are ``.tlog-proof``. Receipts here always carry one, since the
+record and salt are what make the leaf.
+
 The leaf is SHA-256(0x00 ‖ commitment(salt, entry)) (``billing.commitments``). ``verify``
 needs only the text, the log's verifier key(s) and, to require witnesses, theirs. Pure.
 """
@@ -37,7 +41,10 @@ class TlogProof:
     checkpoint: Note
 
     def text(self) -> str:
-        lines = [HEADER, f"extra {base64.b64encode(self.extra).decode()}", f"index {self.index}"]
+        lines = [HEADER]
+        if self.extra:  # tlog-proof: "If no extra data is present, this line is omitted."
+            lines.append(f"extra {base64.b64encode(self.extra).decode()}")
+        lines.append(f"index {self.index}")
         lines += [base64.b64encode(h).decode() for h in self.path]
         return "".join(f"{line}\n" for line in lines) + "\n" + self.checkpoint.encode().decode()
 

@@ -3,7 +3,7 @@
 The log sends ``add-checkpoint`` requests::
 
     old <tree size the witness last cosigned for this origin, 0 if none>\\n
-    <base64 consistency proof hash>\\n …     RFC 9162 proof from that size to the new one
+    <base64 consistency proof hash>\\n …     RFC 6962 proof from that size to the new one (≤ 63)
     \\n
     <the new checkpoint, a signed note>
 
@@ -11,21 +11,27 @@ and the witness answers, checking in this order:
 
 - 400 the request is malformed, or ``old`` is larger than the checkpoint's size;
 - 404 the checkpoint's origin is not a log this witness is configured for;
-- 403 no signature on it verifies with that log's keys;
-- 409 ``old`` is not the size the witness last cosigned (body: that size, decimal, content
-  type ``text/x.tlog.size``), or it is but the root differs from the one cosigned at it;
-- 422 the consistency proof does not prove the new tree extends the cosigned one;
+- 403 no signature on it verifies with that log's keys, or one by a known key fails;
+- 409 ``old`` is not the size the witness last cosigned (body: that size in decimal and a
+  newline, content type ``text/x.tlog.size``);
+- 422 a checkpoint of size 0 whose root is not the empty tree's; a proof when ``old`` is 0; a
+  consistency proof that does not prove the new tree extends the cosigned one; or the same
+  size as the cosigned one with another root;
 - 200 the cosignature line(s): tlog-cosignature/v1 (``billing.signed_note.cosign``).
 
 So a witness never cosigns two trees that are not one the prefix of the other: a log that
 was rolled back or forked cannot get a cosignature again until it is consistent with what
-this witness saw. State lives in ``<dir>/witness.db`` (one row per origin, updated by
-compare-and-swap); the key in ``<dir>/witness.pem`` (0600), made on first start.
+this witness saw. ``checkpoint(origin_hash)`` is the monitoring view (``GET
+<prefix>/<hex SHA-256 of the origin>/checkpoint``): the newest checkpoint it cosigned, with
+the log's verified signatures and its own cosignature. State lives in ``<dir>/witness.db``
+(one row per origin, updated in one transaction with the check); the key in
+``<dir>/witness.pem`` (0600), made on first start.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import sqlite3
 import threading
@@ -39,12 +45,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from infermeter.billing import signed_note
 from infermeter.billing.merkle import EMPTY_ROOT, verify_consistency
-from infermeter.billing.signed_note import COSIGNATURE_V1, ED25519, Note, NoteError, VerifierKey
+from infermeter.billing.signed_note import (
+    COSIGNATURE_V1,
+    ED25519,
+    Note,
+    NoteError,
+    NoteSignature,
+    VerifierKey,
+)
 from infermeter.billing.tlog_checkpoint import parse_checkpoint
 from infermeter.core.errors import ConfigError
 
 SIZE_TYPE = "text/x.tlog.size"
-MAX_PROOF = 64
+MAX_PROOF = 63  # tlog-witness: a client MUST NOT send more
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,32 +183,60 @@ class Witness:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                reply = self._advance(req, note, head.origin, head.size, head.root)
+                ids = {(k.name, k.key_id) for k in signed}
+                verified = [s for s in note.signatures if (s.name, s.key_id) in ids]
+                reply = self._advance(req, note, verified, head.origin, head.size, head.root)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
         return reply
 
-    def _advance(self, req: AddCheckpoint, note: Note, origin: str, size: int, root: bytes) -> Reply:
+    def _advance(
+        self,
+        req: AddCheckpoint,
+        note: Note,
+        verified: Sequence[NoteSignature],
+        origin: str,
+        size: int,
+        root: bytes,
+    ) -> Reply:
         row = self._conn.execute(
             "SELECT tree_size, root_hash FROM logs WHERE origin = ?", (origin,)
         ).fetchone()
         have_size, have_root = (0, EMPTY_ROOT) if row is None else (int(row[0]), bytes(row[1]))
         if req.old != have_size:
             return Reply(409, f"{have_size}\n", SIZE_TYPE)
+        if size == 0 and root != EMPTY_ROOT:
+            return Reply(422, "a checkpoint of size 0 must have the empty tree's root, SHA-256 of ''\n")
+        if req.old == 0 and req.proof:
+            return Reply(422, f"from old size 0 the consistency proof is empty, not {len(req.proof)} lines\n")
         if req.old == size and root != have_root:
-            return Reply(409, f"{have_size}\n", SIZE_TYPE)  # same size, another root: a fork
+            return Reply(
+                422, f"tree size {size} was cosigned with another root: this checkpoint forks the log\n"
+            )
         if not verify_consistency(req.old, size, have_root, root, req.proof):
             return Reply(422, f"the consistency proof from tree size {req.old} to {size} does not verify\n")
+        sig = signed_note.cosign(note.text, self.name, self._key, int(self._clock()))
         self._conn.execute(
             "INSERT INTO logs (origin, tree_size, root_hash, checkpoint) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (origin) DO UPDATE SET tree_size = excluded.tree_size, "
             "root_hash = excluded.root_hash, checkpoint = excluded.checkpoint",
-            (origin, size, root, note.encode().decode()),
+            (origin, size, root, Note(note.text, (*verified, sig)).encode().decode()),
         )
-        sig = signed_note.cosign(note.text, self.name, self._key, int(self._clock()))
         return Reply(200, sig.line())
+
+    def checkpoint(self, origin_hash: str) -> Reply:
+        """The monitoring view: the newest checkpoint cosigned for the origin whose SHA-256 (hex,
+        lowercase) is ``origin_hash``, with the log's verified signatures and this cosignature."""
+        with self._lock:
+            rows = self._conn.execute("SELECT origin, checkpoint FROM logs").fetchall()
+        for origin, note in rows:
+            if hashlib.sha256(origin.encode()).hexdigest() == origin_hash:
+                return Reply(200, note)
+        return Reply(
+            404, f"this witness has cosigned no checkpoint of a log whose origin hashes to {origin_hash!r}\n"
+        )
 
     def close(self) -> None:
         with self._lock:
