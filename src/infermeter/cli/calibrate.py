@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -24,9 +24,11 @@ from infermeter.config import Settings, load_settings
 from infermeter.core.errors import NotFound, StaleEngine
 from infermeter.core.timing import StepTimer
 from infermeter.core.types import Phase, Precision
-from infermeter.metering import calibrate as cal
 from infermeter.metering.ru import SEED_TABLE, RuTable, device_class_for
-from infermeter.runtime.engine import Engine, SeqInput
+
+if TYPE_CHECKING:  # numpy-backed: imported where used, so the CLI starts without them
+    from infermeter.metering import calibrate as cal
+    from infermeter.runtime.engine import Engine
 
 out = Console(highlight=False)
 
@@ -41,6 +43,8 @@ class EngineRunner:
         self.vocab_size = engine.info.vocab_size
 
     def run(self, batch: Sequence[tuple[str, Sequence[int]]]) -> int:
+        from infermeter.runtime.engine import SeqInput
+
         return int(self.engine.step([SeqInput(s, list(t)) for s, t in batch]).device_us)
 
     def release(self, seq_id: str) -> None:
@@ -48,6 +52,8 @@ class EngineRunner:
 
 
 def model_shape(engine: Engine) -> cal.ModelShape:
+    from infermeter.metering import calibrate as cal
+
     info = engine.info
     return cal.ModelShape.decoder(
         info.num_layers,
@@ -60,6 +66,8 @@ def model_shape(engine: Engine) -> cal.ModelShape:
 
 def base_table(home: Path) -> RuTable:
     """The table a new calibration starts from: the newest calibrated one, else the seed."""
+    from infermeter.metering import calibrate as cal
+
     latest = cal.load_latest(home)
     return latest.ru_table if latest is not None else SEED_TABLE
 
@@ -129,6 +137,8 @@ def cuda_engines(settings: Settings) -> list[Engine]:
 def run_calibration(
     settings: Settings, device: str, engine_id: str | None, quick: bool
 ) -> tuple[cal.Calibration, Path]:
+    from infermeter.metering import calibrate as cal
+
     engines = cpu_engines(settings) if device == "cpu" else cuda_engines(settings)
     if engine_id is not None:
         engines = [e for e in engines if e.info.engine_id == engine_id]

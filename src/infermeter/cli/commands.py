@@ -86,8 +86,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"OpenAI-compatible API on [bold]{url}/v1[/] (model {settings.model}); "
         f"dashboard at {url}/dashboard; metrics at {url}/metrics"
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    loop, http = server_loop_and_parser()
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, loop=loop, http=http
+    )
     return 0
+
+
+def server_loop_and_parser() -> tuple[str, str]:
+    """uvloop's event loop and the httptools HTTP parser (both dependencies) where they are
+    installed; asyncio's loop and h11 otherwise (uvloop has no Windows build)."""
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    return loop, http
 
 
 # tenants and keys -------------------------------------------------------------------
