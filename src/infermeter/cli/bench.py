@@ -540,6 +540,9 @@ def run_benchmarks(args: argparse.Namespace) -> int:
         "",
     )
     console.print(table)
+    for label, key in (("with fsync", "phases_p50_ms"), ("without fsync", "phases_no_fsync_p50_ms")):
+        split = ", ".join(f"{phase} {ms:.3f}" for phase, ms in srv[key].items())
+        console.print(f"server-side p50 by phase, ms ({label}): {split}")
     console.print(f"machine: {results['machine']}; date {results['date']}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
