@@ -1,22 +1,29 @@
-"""`infermeter bench --quick` runs end to end and reports the three figures it promises."""
+"""`infermeter bench --quick` runs end to end and reports the figures it promises."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 
-def test_bench_quick_reports_all_figures(tmp_path: Path) -> None:
-    """The benchmark command measures metering overhead, ledger appends and gateway latency."""
+from infermeter.cli.bench import PHASES
+from infermeter.cli.main import main
+
+
+def test_bench_quick_reports_all_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Metering overhead, ledger appends, and the gateway's time: server-side by phase, the
+    fsync on its own, and the HTTP client's round trip."""
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "infermeter.cli.main", "bench", "--quick", "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert main(["bench", "--quick", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
     results = json.loads(out.read_text())
     assert results["metering"]["tokens_per_s_on"] > 0 and results["metering"]["tokens_per_s_off"] > 0
     assert results["ledger"]["appends_per_s"] > 0
     gw = results["gateway"]
     assert gw["p50_gateway_ms"] > 0 and gw["p50_direct_ms"] > 0
-    assert "gateway added p50 latency" in proc.stdout
+    srv = results["server_side"]
+    assert srv["p50_in_process_ms"] > 0 and srv["p50_in_process_no_fsync_ms"] > 0 and srv["fsync_p50_ms"] > 0
+    for phases in (srv["phases_p50_ms"], srv["phases_no_fsync_p50_ms"]):
+        assert list(phases) == list(PHASES) and all(v > 0 for v in phases.values())
+    assert "server-side" in printed and "fsync" in printed and "HTTP client" in printed

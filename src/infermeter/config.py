@@ -29,6 +29,9 @@ class Settings:
     max_batch: int = 16
     token_budget: int = 512
     prefill_chunk: int = 256
+    # admission (runtime.admission): requests in the worker at once, and waiting for a slot
+    max_active: int = 0  # 0 = 2 x max_batch
+    max_queued: int = 1024  # past this a request is refused (429, Retry-After)
     # metering and billing
     metering: bool = True
     synchronous: str = "FULL"  # SQLite synchronous mode for the ledger
@@ -123,6 +126,11 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
         raise ConfigError(
             f"graceful_timeout={settings.graceful_timeout} must be >= 0 seconds "
             "(30 is the default; 0 cancels in-flight requests at once on SIGTERM)"
+        )
+    if settings.max_active < 0 or settings.max_queued < 0:
+        raise ConfigError(
+            f"max_active={settings.max_active}, max_queued={settings.max_queued} must be >= 0 "
+            "(max_active 0 means 2 x max_batch)"
         )
     if settings.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"synchronous={settings.synchronous!r}; use NORMAL, FULL or EXTRA")

@@ -1,65 +1,20 @@
-"""The command line as a user runs it: a real process per command, real SQLite under --home."""
+"""The commands' behaviour, in process (``main([...])``), on real SQLite under --home; exit codes
+and the ledger check also as real processes."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from infermeter.app.service import Service
-from tests.conftest import fake_service
+from tests.cli.conftest import Cli, bill_some, run_process
 
 
-def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "infermeter.cli.main", "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}: {proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def bill_some(home: Path, tenant_id: str, n: int) -> Service:
-    """Run n requests for a tenant through a service on the fake engine, then stop it."""
-    import threading
-
-    from infermeter.core.ids import request_id
-    from infermeter.core.types import ServiceTier
-    from infermeter.runtime.worker import GenerationRequest
-
-    svc = fake_service(home)
-    svc.start()
-    done = threading.Semaphore(0)
-    engine_id = svc.engine_infos()[0].engine_id
-    for i in range(n):
-        svc.worker.submit(
-            GenerationRequest(
-                request_id=request_id(),
-                tenant_id=tenant_id,
-                model="tiny-gpt",
-                engine_id=engine_id,
-                tier=ServiceTier.FLEX if i % 2 else ServiceTier.DEFAULT,
-                prompt_ids=[65 + i, 66],
-                max_tokens=3 + i,
-                on_finish=lambda _: done.release(),
-            )
-        )
-    for _ in range(n):
-        assert done.acquire(timeout=30)
-    svc.stop()
-    return svc
-
-
-def test_tenants_create_json_prints_id_and_key(tmp_path: Path) -> None:
+def test_tenants_create_json_prints_id_and_key(cli: Cli, tmp_path: Path) -> None:
     """`tenants create NAME --json` prints the tenant id and a new API key."""
     out = json.loads(cli(tmp_path, "tenants", "create", "acme", "--json").stdout)
     assert out["tenant_id"].startswith("ten_") and out["api_key"].startswith("im-")
@@ -67,7 +22,7 @@ def test_tenants_create_json_prints_id_and_key(tmp_path: Path) -> None:
     assert again.returncode == 2 and "exists already" in again.stderr
 
 
-def test_keys_create_and_revoke(tmp_path: Path) -> None:
+def test_keys_create_and_revoke(cli: Cli, tmp_path: Path) -> None:
     """Keys are created for a tenant and revoked by id; unknown tenants exit 3."""
     cli(tmp_path, "tenants", "create", "acme")
     key = json.loads(cli(tmp_path, "keys", "create", "--tenant", "acme", "--json").stdout)
@@ -79,7 +34,7 @@ def test_keys_create_and_revoke(tmp_path: Path) -> None:
     assert missing.returncode == 3 and "nobody" in missing.stderr
 
 
-def test_invoice_totals_equal_the_ledger(tmp_path: Path) -> None:
+def test_invoice_totals_equal_the_ledger(cli: Cli, tmp_path: Path) -> None:
     """The invoice's exact total equals Σ cost of the tenant's ledger records, to the last digit."""
     tenant = json.loads(cli(tmp_path, "tenants", "create", "acme", "--json").stdout)
     svc = bill_some(tmp_path, tenant["tenant_id"], 6)
@@ -103,15 +58,15 @@ def test_invoice_totals_equal_the_ledger(tmp_path: Path) -> None:
     _ = svc
 
 
-def test_bad_period_exits_2(tmp_path: Path) -> None:
-    """A period that is not YYYY-MM is refused with exit code 2 and the expected format."""
+def test_bad_period_exits_2(cli: Cli, tmp_path: Path) -> None:
+    """A period that is not YYYY-MM is refused with exit code 2 (a real process) and the format."""
     cli(tmp_path, "tenants", "create", "acme")
-    proc = cli(tmp_path, "invoice", "acme", "--period", "November", check=False)
+    proc = run_process(tmp_path, "invoice", "acme", "--period", "November")
     assert proc.returncode == 2 and "YYYY-MM" in proc.stderr
 
 
 @pytest.mark.parametrize("column", ["cost", "payload"])
-def test_ledger_verify_names_an_edited_row(tmp_path: Path, column: str) -> None:
+def test_ledger_verify_names_an_edited_row(cli: Cli, tmp_path: Path, column: str) -> None:
     """`ledger verify` passes, then fails naming the entry after one row is edited with sqlite3."""
     tenant = json.loads(cli(tmp_path, "tenants", "create", "acme", "--json").stdout)
     bill_some(tmp_path, tenant["tenant_id"], 4)
@@ -134,7 +89,7 @@ def test_ledger_verify_names_an_edited_row(tmp_path: Path, column: str) -> None:
         )
     db.commit()
     db.close()
-    proc = cli(tmp_path, "ledger", "verify", check=False)
+    proc = run_process(tmp_path, "ledger", "verify")  # the exit code a script sees
     assert proc.returncode == 1
     assert record_id in proc.stderr or str(seq) in proc.stderr
     report = json.loads(cli(tmp_path, "ledger", "verify", "--json", check=False).stdout)

@@ -1,4 +1,4 @@
-"""The issue's "done when", as a user runs it: real processes, a real server, sqlite3 edits.
+"""The issue's "done when", as a user runs it: the commands (in process), a real server, sqlite3 edits.
 
 1. Save a receipt from the API and verify it offline with `infermeter receipt verify`.
 2. Edit one ledger row by hand and see `infermeter ledger verify` name it.
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.cli.test_cli import bill_some, cli
+from tests.cli.conftest import Cli, bill_some
 from tests.conftest import LiveServer
 
 
-def test_a_saved_receipt_verifies_offline(fake_server: LiveServer, tmp_path: Path) -> None:
+def test_a_saved_receipt_verifies_offline(fake_server: LiveServer, cli: Cli, tmp_path: Path) -> None:
     """curl the receipt and the key to files; `receipt verify` passes offline, fails when edited."""
     client = fake_server.client()
     resp = client.completions.create(model="tiny-gpt", prompt="hello", max_tokens=3)
@@ -49,7 +49,7 @@ def test_a_saved_receipt_verifies_offline(fake_server: LiveServer, tmp_path: Pat
     assert bad.returncode == 1 and "NOT valid" in said and "record was changed" in said
 
 
-def test_ledger_verify_names_a_hand_edited_row_and_a_cut_tail(tmp_path: Path) -> None:
+def test_ledger_verify_names_a_hand_edited_row_and_a_cut_tail(cli: Cli, tmp_path: Path) -> None:
     """After a sqlite3 edit `ledger verify` exits 1 naming the entry; the checkpoint names a cut tail."""
     tenant = json.loads(cli(tmp_path, "tenants", "create", "acme", "--json").stdout)
     bill_some(tmp_path, tenant["tenant_id"], 5)  # the service signs a checkpoint as it stops
@@ -89,7 +89,7 @@ def test_ledger_verify_names_a_hand_edited_row_and_a_cut_tail(tmp_path: Path) ->
     assert not dropped["ok"] and "cannot be read" in dropped["message"]
 
 
-def test_a_credit_changes_the_invoice_and_the_original_stays(tmp_path: Path) -> None:
+def test_a_credit_changes_the_invoice_and_the_original_stays(cli: Cli, tmp_path: Path) -> None:
     """`ledger correct --credit` lowers `invoice`'s total by the amount; the original entry is unchanged."""
     tenant = json.loads(cli(tmp_path, "tenants", "create", "acme", "--json").stdout)
     bill_some(tmp_path, tenant["tenant_id"], 3)

@@ -153,6 +153,7 @@ def _finished(
     A request that ends in an exception was never priced: its reservation is released
     (a no-op if the pipeline already settled or released it).
     """
+    svc.admission.leave()
     svc.metrics.in_flight.dec()
     if isinstance(outcome, BaseException):
         svc.budgets.release(request_id)
@@ -267,7 +268,7 @@ async def _stream(request: Request, adm: _Admitted, chat: bool, include_usage: b
 
 
 async def _respond(request: Request, key: ApiKey, body: _Sampling, chat: bool) -> Any:
-    adm = await _admit(request, key, body)
+    adm = await _service(request).admission.admit(lambda: _admit(request, key, body))
     if body.stream:
         return StreamingResponse(
             _stream(request, adm, chat, body.include_usage()),

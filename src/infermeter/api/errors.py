@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from infermeter.core import errors as e
+from infermeter.runtime.admission import Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ STATUS: list[tuple[type[e.InfermeterError], int, str]] = [
     (e.PermissionDenied, 403, "permission_error"),
     (e.NotFound, 404, "not_found_error"),
     (e.BudgetExceeded, 402, "insufficient_quota"),
+    (Overloaded, 429, "rate_limit_error"),  # before Unavailable, its base class
     (e.Unavailable, 503, "server_error"),
     # the books failed their own check: an operator's problem, never the client's
     (e.LedgerIntegrityError, 500, "server_error"),
@@ -114,7 +116,8 @@ def install(app: FastAPI) -> None:
             if isinstance(exc, cls):
                 if status >= 500:
                     log.warning("%s: %s", type(exc).__name__, exc.message)
-                return envelope(status, exc.message, type_, exc.param, exc.code)
+                retry = {"retry-after": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+                return envelope(status, exc.message, type_, exc.param, exc.code, retry)
         log.error("unmapped %s: %s", type(exc).__name__, exc.message)
         return envelope(500, exc.message, "server_error", exc.param, exc.code)
 

@@ -30,6 +30,7 @@ from infermeter.metering.sources import make_source
 from infermeter.metering.timers import CpuStepTimer
 from infermeter.metering.window_ledger import WindowLedger, WindowMeters
 from infermeter.observability.metrics import Metrics
+from infermeter.runtime.admission import Admission, AdmissionLimits
 from infermeter.runtime.engine import EngineInfo, LoadedEngine, Tokenizer
 from infermeter.runtime.router import Router
 from infermeter.runtime.scheduler import SchedulerConfig
@@ -106,6 +107,8 @@ class Service:
             )
             self.tokenizers[info.engine_id] = loaded.tokenizer
         self.router = Router(e.engine.info for e in engines)
+        active = settings.max_active or 2 * settings.max_batch
+        self.admission = Admission(AdmissionLimits(max_active=active, max_queued=settings.max_queued))
         self._engines = list(engines)
         self.started = False
         self.state = "starting"  # starting → serving → draining → stopped

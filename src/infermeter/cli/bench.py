@@ -3,14 +3,16 @@
 (a) metering overhead: tokens/s with metering on ÷ off, same engine, same workload,
     rounds interleaved (on, off, on, off, …) so machine noise hits both alike;
 (b) durable ledger appends per second: group commit, hash-linking, synchronous=FULL;
-(c) the gateway's added latency: p50 of a request through HTTP (auth, validation, admission,
-    worker, metering, durable ledger append, JSON) minus p50 of the same request run on the
-    engine directly, calls interleaved.
+(c) the gateway's added latency: server-side (the app in process, no HTTP client; with the
+    ledger's fsync and without it, the fsync measured on its own), and as an HTTP client sees
+    it (``infermeter serve`` in its own process); each a p50 minus the p50 of the same step run
+    on the engine directly, calls interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -225,6 +227,186 @@ def bench_gateway(home: Path, n: int) -> dict[str, Any]:
     }
 
 
+def _fsync_p50_ms(directory: Path, n: int) -> float:
+    """p50 of appending one 4 KiB page to a file and fsyncing it: a WAL commit's durable write."""
+    import os
+
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    page = b"\0" * 4096
+    times: list[float] = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            os.write(fd, page)
+            os.fsync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times) * 1000
+
+
+PHASES = ("admit", "worker_engine", "price", "commit", "respond")
+
+
+class _PhaseClock:
+    """Timestamps one request at a time at the service's seams, by wrapping them on this
+    instance only: auth+validation+admission end at ``worker.submit``; the worker hop and the
+    engine step end at ``pipeline.on_finish``; pricing ends at ``store.submit``; the group
+    commit ends at the append callback; the response ends when the client has it."""
+
+    def __init__(self, service: Any) -> None:
+        self.marks: dict[str, float] = {}
+        self.rows: dict[str, list[float]] = {phase: [] for phase in PHASES}
+        self._stamp_before(service.worker, "submit", "submitted")
+        self._stamp_before(service.pipeline, "on_finish", "engine_done")
+        submit = service.store.submit
+
+        def store_submit(record: Any, callback: Any) -> None:
+            self.marks["priced"] = time.perf_counter()
+
+            def committed(result: Any) -> None:
+                self.marks["committed"] = time.perf_counter()
+                callback(result)
+
+            submit(record, committed)
+
+        setattr(service.store, "submit", store_submit)  # noqa: B010 (an instance, not the class)
+
+    def _stamp_before(self, obj: Any, name: str, mark: str) -> None:
+        method = getattr(obj, name)
+
+        def stamped(*args: Any, **kwargs: Any) -> Any:
+            self.marks[mark] = time.perf_counter()
+            return method(*args, **kwargs)
+
+        setattr(obj, name, stamped)
+
+    def record(self, start: float, end: float) -> None:
+        m = self.marks
+        points = [start, m["submitted"], m["engine_done"], m["priced"], m["committed"], end]
+        for phase, (a, b) in zip(PHASES, itertools.pairwise(points), strict=True):
+            self.rows[phase].append(b - a)
+        m.clear()
+
+    def p50_ms(self) -> dict[str, float]:
+        return {phase: statistics.median(ts) * 1000 for phase, ts in self.rows.items()}
+
+
+def bench_server_side(home: Path, n: int) -> dict[str, Any]:
+    """The gateway's own time, without the HTTP client round trip: the ASGI app in this process,
+    driven through httpx's ASGITransport (no sockets, no HTTP parsing), so a request's time is
+    routing, auth, validation, admission and budget reservation, the worker hand-off, the
+    engine step, metering, the ledger commit and the JSON response. Minus the p50 of the same
+    step called on the engine directly, that is the server-side added time.
+
+    Twice, calls interleaved: a ledger with synchronous=FULL (as served) and one with
+    synchronous=OFF (the same commit without its fsync); the fsync is measured on its own.
+    The split into phases (``_PhaseClock``) wraps the service's seams on these instances only:
+    nothing is added to the request path of a served app.
+    """
+
+    import httpx
+
+    from infermeter.api.app import create_app
+    from infermeter.app.engines import load_default_engines
+    from infermeter.app.service import Service
+    from infermeter.billing.sqlite_store import SqliteStore
+    from infermeter.metering.timers import CpuStepTimer
+    from infermeter.runtime.engine import SeqInput
+
+    settings = load_settings(
+        {"home": home, "int8": False, "intra_op_threads": 1, "checkpoint_interval_s": 0}, env={}
+    )
+    home.mkdir(parents=True, exist_ok=True)
+    services: dict[str, tuple[Any, str]] = {}
+    for mode in ("FULL", "OFF"):
+        store = SqliteStore(home / f"server-side-{mode.lower()}.db", synchronous=mode)
+        service = Service(settings, load_default_engines(settings, CpuStepTimer), store=store)
+        tenant = store.create_tenant("bench-server")
+        _, secret = store.create_key(tenant.tenant_id)
+        service.start()
+        services[mode] = (service, secret)
+    clocks = {mode: _PhaseClock(service) for mode, (service, _) in services.items()}
+    loaded = load_default_engines(settings, CpuStepTimer)[0]
+    engine, ids = loaded.engine, loaded.tokenizer.encode("Hello there")
+    body = {"model": "tiny-gpt", "prompt": "Hello there", "max_tokens": 1, "temperature": 0}
+    times: dict[str, list[float]] = {"direct": [], "FULL": [], "OFF": []}
+
+    def step(name: str) -> None:
+        engine.step([SeqInput(name, ids)])
+        engine.release(name)
+
+    async def measure() -> None:
+        clients = {
+            mode: httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=create_app(service, manage=False)),
+                base_url="http://infermeter.bench",
+                headers={"authorization": f"Bearer {secret}"},
+            )
+            for mode, (service, secret) in services.items()
+        }
+        try:
+            for i in range(10):  # warm every path
+                step(f"warm-{i}")
+                for client in clients.values():
+                    await client.post("/v1/completions", json=body)
+            for i in range(n):  # interleaved, so drift on the shared machine hits all alike
+                t0 = time.perf_counter()
+                step(f"direct-{i}")
+                times["direct"].append(time.perf_counter() - t0)
+                for mode, client in clients.items():
+                    t0 = time.perf_counter()
+                    resp = await client.post("/v1/completions", json=body)
+                    t1 = time.perf_counter()
+                    times[mode].append(t1 - t0)
+                    clocks[mode].record(t0, t1)
+                    if resp.status_code != 200:
+                        raise RuntimeError(f"the app answered {resp.status_code}: {resp.text}")
+        finally:
+            for client in clients.values():
+                await client.aclose()
+
+    try:
+        _run_async(measure())
+    finally:
+        engine.close()
+        for service, _ in services.values():
+            service.stop()
+    p50 = {name: statistics.median(ts) * 1000 for name, ts in times.items()}
+    return {
+        "p50_direct_ms": p50["direct"],
+        "p50_in_process_ms": p50["FULL"],
+        "p50_in_process_no_fsync_ms": p50["OFF"],
+        "added_p50_ms": p50["FULL"] - p50["direct"],
+        "added_p50_no_fsync_ms": p50["OFF"] - p50["direct"],
+        "p90_added_no_fsync_ms": statistics.quantiles(times["OFF"], n=10)[-1] * 1000 - p50["direct"],
+        "fsync_p50_ms": _fsync_p50_ms(home, n),
+        "phases_p50_ms": clocks["FULL"].p50_ms(),
+        "phases_no_fsync_p50_ms": clocks["OFF"].p50_ms(),
+        "n": n,
+        "event_loop": "uvloop" if _uvloop() is not None else "asyncio",
+    }
+
+
+def _uvloop() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop
+
+
+def _run_async(coro: Any) -> None:
+    """Run on uvloop where installed, the loop ``serve`` uses; asyncio's own loop otherwise."""
+    import asyncio
+
+    uvloop = _uvloop()
+    with asyncio.Runner(loop_factory=None if uvloop is None else uvloop.new_event_loop) as runner:
+        runner.run(coro)
+
+
 def bench_accuracy(home: Path, quick: bool) -> dict[str, Any]:
     """Metering accuracy (``bench --accuracy``): requests solo, then batched, on ORT (CPU).
 
@@ -332,10 +514,12 @@ def run_benchmarks(args: argparse.Namespace) -> int:
         )
         console.print("(b) ledger appends …")
         results["ledger"] = bench_ledger(base, sizes["appends"])
-        console.print("(c) gateway latency …")
+        console.print("(c) gateway latency: server-side, in process …")
+        results["server_side"] = bench_server_side(base / "c-in-process", sizes["gateway"])
+        console.print("(c) gateway latency: through HTTP …")
         results["gateway"] = bench_gateway(base / "c", sizes["gateway"])
     table = Table("benchmark", "result", "goal")
-    m, led, g = results["metering"], results["ledger"], results["gateway"]
+    m, led, g, srv = results["metering"], results["ledger"], results["gateway"], results["server_side"]
     table.add_row(
         "(a) tokens/s metering on ÷ off",
         f"{m['ratio_on_off']:.4f} ({m['tokens_per_s_on']:.0f} / {m['tokens_per_s_off']:.0f} tok/s)",
@@ -343,12 +527,22 @@ def run_benchmarks(args: argparse.Namespace) -> int:
     )
     table.add_row("(b) durable ledger appends/s", f"{led['appends_per_s']:,.0f}", "≥ 100,000")
     table.add_row(
-        "(c) gateway added p50 latency",
-        f"{g['added_p50_ms']:.3f} ms ({g['p50_gateway_ms']:.3f} - {g['p50_direct_ms']:.3f}); "
-        f"HTTP round trip alone {g['p50_http_floor_ms']:.3f} ms",
+        "(c) gateway added p50, server-side (excl. fsync)",
+        f"{srv['added_p50_no_fsync_ms']:.3f} ms ({srv['p50_in_process_no_fsync_ms']:.3f} - "
+        f"{srv['p50_direct_ms']:.3f}); with the fsync {srv['added_p50_ms']:.3f} ms",
         "< 1 ms",
     )
+    table.add_row("(c) ledger commit fsync p50 (4 KiB write + fsync)", f"{srv['fsync_p50_ms']:.3f} ms", "")
+    table.add_row(
+        "(c) gateway added p50 latency, HTTP client",
+        f"{g['added_p50_ms']:.3f} ms ({g['p50_gateway_ms']:.3f} - {g['p50_direct_ms']:.3f}); "
+        f"HTTP round trip alone {g['p50_http_floor_ms']:.3f} ms",
+        "",
+    )
     console.print(table)
+    for label, key in (("with fsync", "phases_p50_ms"), ("without fsync", "phases_no_fsync_p50_ms")):
+        split = ", ".join(f"{phase} {ms:.3f}" for phase, ms in srv[key].items())
+        console.print(f"server-side p50 by phase, ms ({label}): {split}")
     console.print(f"machine: {results['machine']}; date {results['date']}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -32,10 +32,11 @@ from infermeter.core.errors import InfermeterError, InvalidRequest, NotFound, St
 from infermeter.core.money import format_decimal
 from infermeter.core.timing import StepTimer
 from infermeter.core.types import Phase, Precision, ServiceTier
-from infermeter.metering import calibrate as cal
-from infermeter.metering import calibrations
 from infermeter.metering.ru import SEED_TABLE, RuTable, device_class_for
-from infermeter.runtime.engine import Engine, SeqInput
+
+if TYPE_CHECKING:  # numpy-backed: imported where used, so the CLI starts without them
+    from infermeter.metering import calibrate as cal
+    from infermeter.runtime.engine import Engine
 
 out = Console(highlight=False)
 
@@ -50,6 +51,8 @@ class EngineRunner:
         self.vocab_size = engine.info.vocab_size
 
     def run(self, batch: Sequence[tuple[str, Sequence[int]]]) -> int:
+        from infermeter.runtime.engine import SeqInput
+
         return int(self.engine.step([SeqInput(s, list(t)) for s, t in batch]).device_us)
 
     def release(self, seq_id: str) -> None:
@@ -57,6 +60,8 @@ class EngineRunner:
 
 
 def model_shape(engine: Engine) -> cal.ModelShape:
+    from infermeter.metering import calibrate as cal
+
     info = engine.info
     return cal.ModelShape.decoder(
         info.num_layers,
@@ -69,6 +74,8 @@ def model_shape(engine: Engine) -> cal.ModelShape:
 
 def base_table(home: Path) -> RuTable:
     """The table a new calibration starts from (and prices use now): the active one, else the seed."""
+    from infermeter.metering import calibrations
+
     active = calibrations.load_active(home)
     return active.ru_table if active is not None else SEED_TABLE
 
@@ -177,6 +184,8 @@ def cuda_engines(settings: Settings) -> list[Engine]:
 def run_calibration(
     settings: Settings, device: str, engine_id: str | None, quick: bool
 ) -> tuple[cal.Calibration, Path]:
+    from infermeter.metering import calibrate as cal
+
     engines = cpu_engines(settings) if device == "cpu" else cuda_engines(settings)
     if engine_id is not None:
         engines = [e for e in engines if e.info.engine_id == engine_id]
@@ -198,6 +207,8 @@ def run_calibration(
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from infermeter.metering import calibrations
+
     settings = load_settings({"home": args.home}, env=None)
     if args.action == "list":
         return _list(settings.home, args.json)
@@ -268,6 +279,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _list(home: Path, as_json: bool) -> int:
+    from infermeter.metering import calibrations
+
     active = calibrations.active_version(home)
     was = set(calibrations.history(home))
     rows: list[dict[str, Any]] = []
@@ -295,6 +308,8 @@ def _list(home: Path, as_json: bool) -> int:
 
 
 def _activate(home: Path, version: str) -> int:
+    from infermeter.metering import calibrations
+
     before = base_table(home)
     candidate = calibrations.find(home, version)
     out.print(price_change(before, candidate.calibration))
@@ -306,6 +321,8 @@ def _activate(home: Path, version: str) -> int:
 
 
 def _rollback(home: Path) -> int:
+    from infermeter.metering import calibrations
+
     current = calibrations.active_version(home)
     now = calibrations.rollback(home)
     if now is not None and current is not None:

@@ -10,24 +10,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infermeter.app.engines import engine_status
 from infermeter.config import Settings, load_settings
 from infermeter.core.errors import ConfigError
 from infermeter.core.types import Precision
-from infermeter.runtime.builtin_model import BUILTIN_MODEL_NAME
-from infermeter.runtime.compile.builder import (
-    BACKEND_PRECISIONS,
-    build_engine,
-    model_context,
-    resolve_source,
-    source_spec,
-)
-from infermeter.runtime.compile.metadata import BuildArgs
-from infermeter.runtime.engine_store import EngineStore, cpu_name
+from infermeter.runtime.catalog import BACKEND_PRECISIONS, BUILTIN_MODEL_NAME
 
+# The engine modules (numpy, onnx, ONNX Runtime) are imported inside the commands that use
+# them, so building the parser for `--help` or another command stays cheap.
 from .commands import require_database
 
 # Piped output gets 120 columns rather than rich's 80: engine ids are long.
@@ -50,6 +41,12 @@ def _buckets(text: str | None) -> tuple[int, ...] | None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from infermeter.runtime.compile.builder import build_engine, model_context, resolve_source, source_spec
+    from infermeter.runtime.compile.metadata import BuildArgs
+    from infermeter.runtime.engine_store import EngineStore
+
     settings = _settings(args)
     spec = source_spec(args.source)
     source = resolve_source(spec, settings.models_dir, args.name)
@@ -96,6 +93,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from infermeter.app.engines import engine_status
+    from infermeter.runtime.engine_store import EngineStore
+
     settings = _settings(args)
     require_database(settings)
     store = EngineStore(settings.home)
@@ -125,6 +125,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from infermeter.app.engines import engine_status
+    from infermeter.runtime.engine_store import EngineStore
+
     settings = _settings(args)
     require_database(settings)
     store = EngineStore(settings.home)
@@ -142,6 +145,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from infermeter.app.engines import load_engine, servable
     from infermeter.metering.timers import CpuStepTimer
     from infermeter.runtime.compile.bench import bench_engine
+    from infermeter.runtime.engine_store import EngineStore, cpu_name
 
     settings = load_settings({"home": args.home, "intra_op_threads": args.threads})
     store = EngineStore(settings.home)

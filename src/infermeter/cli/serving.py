@@ -116,13 +116,26 @@ def serve(settings: Settings, make_service: Callable[[Settings], Service], out: 
     return 0
 
 
+def server_loop_and_parser() -> tuple[str, str]:
+    """uvloop's event loop and the httptools HTTP parser (both dependencies) where they are
+    installed; asyncio's loop and h11 otherwise (uvloop has no Windows build)."""
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    return loop, http
+
+
 def run(app: Any, service: Service, settings: Settings) -> None:
     """Serve ``app`` until SIGTERM/SIGINT; drain at most ``settings.graceful_timeout`` s."""
+    loop, http = server_loop_and_parser()
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.graceful_timeout,
+        loop=loop,
+        http=http,
     )
     DrainingServer(config, service).run()

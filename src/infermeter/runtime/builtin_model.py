@@ -37,9 +37,9 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from infermeter.runtime.catalog import BUILTIN_MODEL_NAME as BUILTIN_MODEL_NAME
 from infermeter.runtime.tokenizer import BYTE_TOKENIZER_CLASS, ByteTokenizer
 
-BUILTIN_MODEL_NAME = "tiny-gpt"
 OPSET = 17
 _MASK_VALUE = -1.0e9  # finite: all-masked pad rows give a uniform softmax, never NaN
 _INIT_SEED = 20240601

@@ -28,6 +28,7 @@ from typing import Any
 from infermeter.core.errors import ConfigError
 from infermeter.core.types import Precision
 from infermeter.runtime.builtin_model import BUILTIN_MODEL_NAME, ensure_builtin_model
+from infermeter.runtime.catalog import BACKEND_PRECISIONS as BACKEND_PRECISIONS
 from infermeter.runtime.compile import onnx_precision, quantization_data
 from infermeter.runtime.compile.decoder_io import model_info
 from infermeter.runtime.compile.drift import measure_drift
@@ -39,11 +40,6 @@ from infermeter.runtime.tokenizer import load_tokenizer
 
 Progress = Callable[[str, float], None]  # (what is happening, fraction done in 0..1)
 
-BACKEND_PRECISIONS: dict[str, tuple[Precision, ...]] = {
-    "onnxruntime": (Precision.FP32, Precision.FP16, Precision.INT8),
-    "tensorrt": (Precision.FP32, Precision.FP16, Precision.INT8),
-    "torch": (Precision.FP32, Precision.FP16, Precision.BF16),
-}
 SERVING_FILES = (
     "config.json",
     "generation_config.json",
