@@ -46,6 +46,7 @@ BACKEND_PRECISIONS: dict[str, tuple[Precision, ...]] = {
 }
 SERVING_FILES = (
     "config.json",
+    "chat_template.jinja",
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
