@@ -63,7 +63,9 @@ def live() -> Iterator[LiveServer]:
     settings = load_settings(
         {"home": home, "warmup_steps": 2, "prefill_chunk": 8, "token_budget": 24, "max_batch": 8}, env={}
     )
-    loaded = [LoadedEngine(StepLog(x.engine), x.tokenizer) for x in load_default_engines(settings, CpuStepTimer)]  # type: ignore[arg-type]
+    loaded = [
+        LoadedEngine(StepLog(x.engine), x.tokenizer) for x in load_default_engines(settings, CpuStepTimer)
+    ]  # type: ignore[arg-type]
     yield from run_server(Service(settings, loaded))
 
 

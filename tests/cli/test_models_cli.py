@@ -34,7 +34,9 @@ def test_engines_show_prints_the_economy_gate_figures(capsys: pytest.CaptureFixt
     assert shown["status"] == "ok"
 
 
-def test_models_add_of_a_missing_source_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_add_of_a_missing_source_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A SOURCE that does not exist is a settings error (exit 2) whose message names it."""
     missing = tmp_path / "nope.gguf"
     assert main(["--home", str(tmp_path / "home"), "models", "add", "m", str(missing)]) == 2
