@@ -10,6 +10,10 @@ At ``serve``:
    is stale or foreign is skipped with a warning naming its rebuild command.
 3. Each engine is loaded with its model's tokenizer and its record's profiles and limits;
    CUDA engines get a CUDA-event step timer on their own stream.
+4. Models added with ``infermeter models add`` are served like any indexed engine: the
+   ``transformers`` backend's engines run through ``HFEngine``, and every added model's
+   chat requests use the model's own chat template (``TransformersTokenizer``). An economy
+   engine that failed its drift/speed gate (``options.gate``) and was not forced is kept out.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from infermeter.runtime.compile.builder import (
     source_spec,
 )
 from infermeter.runtime.compile.metadata import BuildArgs, EngineRecord
-from infermeter.runtime.engine import Engine, LoadedEngine
+from infermeter.runtime.engine import Engine, LoadedEngine, Tokenizer
 from infermeter.runtime.engine_store import EngineStore, RuntimeEnv, onnxruntime_env
 from infermeter.runtime.ort_backend import OrtEngine
 from infermeter.runtime.tokenizer import load_tokenizer
@@ -47,7 +51,8 @@ def load_default_engines(settings: Settings, timer_factory: Callable[[], StepTim
     try:
         wanted = ensure_default_engines(store, settings)
         records = wanted + [r for r in servable(store) if r.sha256 not in {w.sha256 for w in wanted}]
-        records = _newest_per_kind(records)
+        records = _newest_per_kind([r for r in records if gate_refusal(r) is None])
+        added = {m.name for m in store.models()}
         loaded = []
         for record in records:
             try:
@@ -57,10 +62,28 @@ def load_default_engines(settings: Settings, timer_factory: Callable[[], StepTim
                     raise
                 log.warning("not serving engine %s: %s", record.engine_id, exc.message)
                 continue
-            loaded.append(LoadedEngine(engine, load_tokenizer(store.path(record))))
+            loaded.append(LoadedEngine(engine, _tokenizer(store, record, engine, record.model in added)))
         return loaded
     finally:
         store.close()
+
+
+def _tokenizer(store: EngineStore, record: EngineRecord, engine: Engine, added: bool) -> Tokenizer:
+    """The model's own tokenizer and chat template for added models, else ``load_tokenizer``."""
+    engine_dir = store.path(record)
+    if record.backend == "transformers" or (added and (engine_dir / "tokenizer_config.json").is_file()):
+        from infermeter.runtime.hf_tokenizer import TransformersTokenizer
+
+        return TransformersTokenizer.from_dir(engine_dir, vocab_size=engine.info.vocab_size)
+    return load_tokenizer(engine_dir)
+
+
+def gate_refusal(record: EngineRecord) -> str | None:
+    """Why the economy gate keeps ``record`` out of serving, or None if it may serve."""
+    gate = record.options.get("gate")
+    if not gate or gate.get("passed") or gate.get("forced"):
+        return None
+    return "; ".join(gate.get("reasons") or ["failed the economy gate"])
 
 
 def ensure_default_engines(store: EngineStore, settings: Settings) -> list[EngineRecord]:
@@ -123,7 +146,7 @@ def runtime_env_for(record: EngineRecord) -> RuntimeEnv | None:
     try:
         if record.backend == "onnxruntime":
             return onnxruntime_env()
-        if record.backend == "torch":
+        if record.backend in ("torch", "transformers"):
             from infermeter.runtime.torch_backend import torch_env
 
             return torch_env("cuda" if record.device == "cuda" else "cpu")
@@ -141,6 +164,9 @@ def engine_status(store: EngineStore, record: EngineRecord) -> str:
     env = runtime_env_for(record)
     if env is None:
         return f"foreign: needs {record.runtime} on {record.device}"
+    refusal = gate_refusal(record)
+    if refusal is not None:
+        return f"refused: {refusal}; rebuild with --force to serve it anyway"
     try:
         store.check(record, env)
     except StaleEngine as exc:
@@ -185,6 +211,24 @@ def load_engine(
             engine_id=record.engine_id,
             model_name=record.model,
             model_file=record.artifact,
+        )
+    elif record.backend == "transformers":
+        from infermeter.runtime.hf_backend import HFEngine
+
+        if settings.intra_op_threads:
+            from infermeter.runtime.torch_batching import import_torch
+
+            import_torch().set_num_threads(settings.intra_op_threads)
+        engine = HFEngine.load(
+            engine_dir,
+            precision=record.precision,
+            timer_factory=timer_for,
+            device="cuda" if record.device == "cuda" else "cpu",
+            max_batch=record.max_batch,
+            max_seq_len=record.max_seq_len,
+            engine_id=record.engine_id,
+            model_name=record.model,
+            device_class=device_class,
         )
     elif record.backend == "torch":
         from infermeter.runtime.torch_backend import TorchEngine
@@ -243,6 +287,7 @@ def _device_class(record: EngineRecord, env: RuntimeEnv) -> str:
 __all__ = [
     "engine_status",
     "ensure_default_engines",
+    "gate_refusal",
     "load_default_engines",
     "load_engine",
     "runtime_env_for",

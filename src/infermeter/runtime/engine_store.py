@@ -6,7 +6,9 @@ Layout under ``<home>``::
                              config.json, tokenizer.json, ...        (what serving needs)
                              metadata.json                           (the EngineRecord)
     engines/.staging/        builds in progress (moved into place when done)
-    infermeter.db            table ``engines``: one row per artifact sha256
+    models/<name>/           a model added with ``infermeter models add`` (HF layout)
+    infermeter.db            table ``engines``: one row per artifact sha256;
+                             table ``models``: one row per added model
 
 An engine is keyed by its artifact's sha256 and tied to the runtime version and device it
 was built for: ``check`` re-hashes the artifact and compares both with the running process,
@@ -27,6 +29,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from infermeter.core.errors import ConfigError, NotFound, StaleEngine
 from infermeter.core.types import Precision
@@ -47,7 +50,29 @@ CREATE TABLE IF NOT EXISTS engines (
     record          TEXT NOT NULL
 )
 """
+_MODELS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    name     TEXT PRIMARY KEY,
+    kind     TEXT NOT NULL,
+    source   TEXT NOT NULL,
+    dir      TEXT NOT NULL,
+    added_at TEXT NOT NULL,
+    info     TEXT NOT NULL
+)
+"""
 _CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """A model added with ``infermeter models add``: where it came from and where it lives."""
+
+    name: str
+    kind: str  # "hf" (a Hugging Face folder) | "gguf" | "onnx" (an Optimum export)
+    source: str  # the path it was added from
+    model_dir: str  # its files in the store's layout (HF folder, or the ONNX export)
+    added_at: str  # ISO 8601 UTC
+    info: dict[str, Any]  # architecture, chat template present, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +133,7 @@ class EngineStore:
         self._conn.execute("PRAGMA busy_timeout = 30000")
         with self._conn:
             self._conn.execute(_SCHEMA)
+            self._conn.execute(_MODELS_SCHEMA)
 
     def close(self) -> None:
         self._conn.close()
@@ -156,6 +182,29 @@ class EngineStore:
         with self._conn:
             self._conn.execute("DELETE FROM engines WHERE sha256 = ?", (record.sha256,))
         shutil.rmtree(self.path(record), ignore_errors=True)
+
+    def put_model(self, model: ModelRecord) -> ModelRecord:
+        """Index an added model (adding the same name again replaces its row)."""
+        with self._conn:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+                (model.name, model.kind, model.source, model.model_dir, model.added_at,
+                 json.dumps(model.info, sort_keys=True)),
+            )  # fmt: skip
+        return model
+
+    def models(self) -> list[ModelRecord]:
+        """Every added model, by name."""
+        rows = self._conn.execute(
+            "SELECT name, kind, source, dir, added_at, info FROM models ORDER BY name"
+        ).fetchall()
+        return [
+            ModelRecord(str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), json.loads(r[5])) for r in rows
+        ]
+
+    def model_root(self, name: str) -> Path:
+        """Where an added model's files live: ``<home>/models/<name>``."""
+        return self.home / "models" / name
 
     # reading ----------------------------------------------------------------------
     def list(self, model: str | None = None) -> list[EngineRecord]:
@@ -250,6 +299,7 @@ def _write_json(path: Path, data: object) -> None:
 __all__ = [
     "METADATA_FILE",
     "EngineStore",
+    "ModelRecord",
     "RuntimeEnv",
     "artifact_paths",
     "cpu_name",

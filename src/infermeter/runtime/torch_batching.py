@@ -83,9 +83,7 @@ class PaddedKVEngine(SequenceCaches):
         if not inputs:
             return StepOutput({}, 0)
         self._validate(inputs)
-        decode = [x for x in inputs if len(x.tokens) == 1]
-        prefill = [x for x in inputs if len(x.tokens) > 1]
-        groups = [g for g in (decode, prefill) if g]
+        groups = self._groups(inputs)
         torch = self.torch
         streamed = torch.cuda.stream(self.stream) if self.stream is not None else None
         with torch.inference_mode(), streamed or contextlib.nullcontext():
@@ -109,6 +107,12 @@ class PaddedKVEngine(SequenceCaches):
         self._closed = True
 
     # -- internals ------------------------------------------------------------------
+    def _groups(self, inputs: Sequence[SeqInput]) -> list[list[SeqInput]]:
+        """The batches one step runs: every decode input together, then the prefill chunks."""
+        decode = [x for x in inputs if len(x.tokens) == 1]
+        prefill = [x for x in inputs if len(x.tokens) > 1]
+        return [g for g in (decode, prefill) if g]
+
     def _validate(self, inputs: Sequence[SeqInput]) -> None:
         validate_step(inputs, self.info, self.past_length)
 

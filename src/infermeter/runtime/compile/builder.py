@@ -42,6 +42,7 @@ Progress = Callable[[str, float], None]  # (what is happening, fraction done in 
 
 SERVING_FILES = (
     "config.json",
+    "chat_template.jinja",
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",

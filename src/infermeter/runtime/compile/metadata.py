@@ -72,6 +72,8 @@ class BuildArgs:
 
     def command(self) -> str:
         """The shell command that rebuilds this engine."""
+        if self.backend == "transformers":  # built by `models add` from the imported folder
+            return shlex.join(["infermeter", "models", "add", self.model_name or "MODEL", self.source])
         parts = [
             "infermeter", "engines", "build", self.source,
             "--backend", self.backend, "--precision", self.precision.value,
