@@ -22,7 +22,7 @@ import httpx
 from infermeter.app.service import Service
 from tests import independent_tlog as ind
 from tests.billing.ledger_records import make_record
-from tests.cli.conftest import cli
+from tests.cli.conftest import run_cli as cli
 from tests.conftest import LiveServer, fake_service, free_port, run_server
 
 

@@ -29,7 +29,14 @@ def test_routes_with_a_key_declare_the_bearer_scheme(document: dict[str, Any]) -
     assert list(schemes) == ["bearer"]
     assert (schemes["bearer"]["type"], schemes["bearer"]["scheme"]) == ("http", "bearer")
     open_routes = {p for m, p, op in operations(document) if "security" not in op}
-    assert open_routes == {"/healthz", "/v1/ledger/key", "/log/checkpoint", "/log/tile/{path}"}
+    assert open_routes == {
+        "/healthz",
+        "/health",
+        "/readyz",
+        "/v1/ledger/key",
+        "/log/checkpoint",
+        "/log/tile/{path}",
+    }
     for _, _, op in operations(document):
         if "security" in op:
             assert op["security"] == [{"bearer": []}]

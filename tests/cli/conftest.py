@@ -3,6 +3,8 @@ commands do, and as a real process (``run_process``) for exit codes, start-up an
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 import threading
@@ -27,6 +29,20 @@ class Ran:
 
 
 Cli = Callable[..., Ran]
+
+
+def run_cli(home: Path, *args: str, check: bool = True) -> Ran:
+    """``infermeter --home HOME ARGS…`` in this process, outside a fixture (stdout redirected)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["--home", str(home), *args])
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    ran = Ran(code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"exit {code}: {ran.stdout}\n{ran.stderr}")
+    return ran
 
 
 @pytest.fixture

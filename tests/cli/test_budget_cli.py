@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.cli.conftest import cli
+from tests.cli.conftest import run_cli as cli
 
 
 def test_tenants_budget_says_when_a_running_server_applies_it(tmp_path: Path) -> None:

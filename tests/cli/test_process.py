@@ -28,7 +28,10 @@ HEAVY = (
     "pydantic",
     "prometheus_client",
     "infermeter.runtime.engine",
-    "infermeter.app",
+    # app.stores (which store --db names) is light; the service, pipeline and engines are not
+    "infermeter.app.service",
+    "infermeter.app.pipeline",
+    "infermeter.app.engines",
     "infermeter.api",
 )
 

@@ -76,7 +76,7 @@ class Ingester:
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
-                except FetchTimeout:
+                except (FetchTimeout, TimeoutError):  # nats-py raises either for an empty poll
                     if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                         break
                     continue
