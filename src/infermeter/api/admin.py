@@ -27,6 +27,7 @@ from fastapi.responses import StreamingResponse
 from infermeter.api.auth import require_admin, tenant_of
 from infermeter.api.completions import api_key
 from infermeter.api.records import record_view
+from infermeter.api.service import ServingService, service_of
 from infermeter.api.usage import _time, row_view
 from infermeter.billing.store import ApiKey, Store, UsageRow
 from infermeter.core.errors import AuthError, NotFound
@@ -56,7 +57,7 @@ async def admin_key(request: Request) -> ApiKey:
 
 def install(app: FastAPI) -> None:
     """Add the routes, and publish the service's engines in ``infermeter_engine_info``."""
-    svc = app.state.service
+    svc: ServingService = app.state.service
     for info in svc.engine_infos():
         svc.metrics.describe_engine(
             info.engine_id, info.model, info.backend, info.precision.value, info.device
@@ -86,7 +87,7 @@ def admin_usage(
     end: str | None = None,
 ) -> dict[str, Any]:
     """Totals over every tenant (warm-up excluded: it is never billed)."""
-    svc = request.app.state.service
+    svc = service_of(request)
     store: Store = svc.store
     t0, t1 = _time(start, "start"), _time(end, "end")
     data: list[dict[str, Any]] = []
@@ -130,7 +131,7 @@ def admin_overview(request: Request, key: ApiKey = Depends(admin_key)) -> dict[s
     sums the engines sharing a device. Unattributed time is device work no request was
     billed for (rounding, padding, zero-cost steps), so it counts as busy.
     """
-    svc = request.app.state.service
+    svc = service_of(request)
     m = svc.metrics
     wall_ms = max((time.time() - m.value("infermeter_start_time_seconds")) * 1000, 1.0)
     ledger_warmup = _ledger_warmup_ms(svc.store)
@@ -213,7 +214,7 @@ def admin_export(
     include_warmup: bool = False,
 ) -> StreamingResponse:
     """Usage records as CloudEvents 1.0 JSON lines (``subject`` = tenant id; OpenMeter-ready)."""
-    store: Store = request.app.state.service.store
+    store: Store = service_of(request).store
     t0, t1 = _time(start, "start"), _time(end, "end")
     tenant_id = None
     if tenant is not None:
@@ -235,7 +236,7 @@ def tenant_export(
 ) -> StreamingResponse:
     """The caller's own usage records as CloudEvents 1.0 JSON lines."""
     tenant = tenant_of(key)
-    store: Store = request.app.state.service.store
+    store: Store = service_of(request).store
     return _stream(
         _jsonl(store, tenant, _time(start, "start"), _time(end, "end"), False), f"usage-{tenant}.jsonl"
     )
@@ -254,7 +255,7 @@ def tenant_recent(
     ledger has been read.
     """
     tenant = tenant_of(key)
-    store: Store = request.app.state.service.store
+    store: Store = service_of(request).store
     size = store.ledger_size()
     window = RECENT_WINDOW
     while True:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -12,10 +11,11 @@ import infermeter
 from infermeter.api import admin, completions, docs, errors, ledger, openapi, system, usage
 from infermeter.api import log as public_log
 from infermeter.api.body_limit import BodyLimit
+from infermeter.api.service import ServingService
 from infermeter.dashboard import routes as dashboard
 
 
-def create_app(service: Any, *, manage: bool = True) -> FastAPI:
+def create_app(service: ServingService, *, manage: bool = True) -> FastAPI:
     """Serve ``service``. With ``manage``, the app starts and stops it with its lifespan."""
 
     @asynccontextmanager

@@ -24,6 +24,7 @@ from fastapi.responses import Response, StreamingResponse
 from infermeter.api.auth import authenticate, tenant_of
 from infermeter.api.records import metering_view
 from infermeter.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
+from infermeter.api.service import ServingService, service_of
 from infermeter.billing.store import ApiKey
 from infermeter.core.errors import BudgetExceeded, InfermeterError, InvalidRequest, Unavailable
 from infermeter.core.ids import request_id as new_request_id
@@ -50,8 +51,8 @@ class _Admitted:
     created: int
 
 
-def _service(request: Request) -> Any:
-    return request.app.state.service
+def _service(request: Request) -> ServingService:
+    return service_of(request)
 
 
 async def api_key(request: Request) -> ApiKey:
@@ -63,7 +64,7 @@ async def api_key(request: Request) -> ApiKey:
     return authenticate(_service(request).store, request)
 
 
-def _prompt_ids(svc: Any, body: _Sampling, engine_id: str) -> list[int]:
+def _prompt_ids(svc: ServingService, body: _Sampling, engine_id: str) -> list[int]:
     """Render and tokenize the prompt (in a worker thread: a huge prompt never stalls the loop)."""
     body.check()  # valid Unicode everywhere first: nothing below may meet a lone surrogate
     tokenizer = svc.tokenizers[engine_id]
@@ -142,7 +143,7 @@ def _send(
 
 
 def _finished(
-    svc: Any,
+    svc: ServingService,
     loop: asyncio.AbstractEventLoop,
     events: asyncio.Queue[TokenEvent | _Done],
     request_id: str,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from infermeter.api.admin import admin_key
 from infermeter.api.completions import api_key
 from infermeter.api.records import record_view
+from infermeter.api.service import service_of
 from infermeter.api.tlog_receipts import TLOG_PROOF_TYPE, tlog_receipt
 from infermeter.api.usage import INT64_MAX
 from infermeter.billing.checkpoint_log import CheckpointLog
@@ -36,7 +37,7 @@ MAX_PAGE = 1000
 
 
 def _log(request: Request) -> CheckpointLog:
-    log: CheckpointLog = request.app.state.service.checkpoints
+    log: CheckpointLog = service_of(request).checkpoints
     return log
 
 
@@ -44,7 +45,7 @@ def _log(request: Request) -> CheckpointLog:
 def ledger_key(request: Request) -> dict[str, Any]:
     """The log's public keys: verify receipts and checkpoints offline with these."""
     log = _log(request)
-    public = request.app.state.service.public_log
+    public = service_of(request).public_log
     doc: dict[str, Any] = {**key_document(log.keys.list()), "origin": log.origin}
     if public is not None:
         # C2SP signed-note verifier keys (name+id+base64) for /log/checkpoint and .tlog-proof receipts
@@ -125,7 +126,7 @@ def receipt(
     if entry is None or (not key.admin and entry.tenant_id != key.tenant_id):
         raise NotFound(f"no usage record {record_id!r} for this tenant; list yours at /v1/usage/records")
     if format == "tlog-proof" or (format is None and "tlog-proof" in request.headers.get("accept", "")):
-        publisher = request.app.state.service.log_publisher
+        publisher = service_of(request).log_publisher
         if publisher is None:
             raise NotFound("tlog-proof receipts need the public C2SP log, served with the SQLite store only")
         text = tlog_receipt(publisher, entry.seq, entry.payload)
@@ -160,7 +161,7 @@ class CorrectionBody(BaseModel):
 @router.post("/v1/admin/corrections")
 def correct(request: Request, body: CorrectionBody, key: ApiKey = Depends(admin_key)) -> dict[str, Any]:
     """Append a credit or reversal naming ``record_id``; the original entry stays as it is."""
-    svc = request.app.state.service
+    svc = service_of(request)
     done = issue_correction(svc.store, body.record_id, body.kind, body.reason, body.amount)
     svc.budgets.adjust(done.record.tenant_id, done.record.cost)  # the delta, under the budgets lock
     return {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from infermeter.api.service import service_of
 from infermeter.billing.log_publisher import LogPublisher
 from infermeter.billing.tiles import TilePathError, parse_tile_path
 from infermeter.core.errors import InvalidRequest, NotFound
@@ -28,7 +29,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 def _publisher(request: Request) -> LogPublisher:
-    publisher: LogPublisher | None = request.app.state.service.log_publisher
+    publisher: LogPublisher | None = service_of(request).log_publisher
     if publisher is None:
         raise NotFound(
             "this server has no public C2SP log: it is served with the embedded SQLite store only "

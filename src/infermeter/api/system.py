@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infermeter.api.admin import admin_key
 from infermeter.api.completions import api_key
+from infermeter.api.service import ServingService, service_of
 from infermeter.billing.store import ApiKey
 
 router = APIRouter()
@@ -17,7 +18,7 @@ router = APIRouter()
 
 @router.get("/v1/models")
 def models(request: Request, key: ApiKey = Depends(api_key)) -> dict[str, Any]:
-    svc = request.app.state.service
+    svc = service_of(request)
     data = []
     for model in svc.router.models():
         engines = svc.router.engines(model)
@@ -42,7 +43,7 @@ def models(request: Request, key: ApiKey = Depends(api_key)) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-def _probe(svc: Any, problem: str | None) -> JSONResponse:
+def _probe(svc: ServingService, problem: str | None) -> JSONResponse:
     """200 with the status, or 503 whose ``error`` names the cause (OpenAI's envelope)."""
     body: dict[str, Any] = {
         "status": "ok" if problem is None else ("unhealthy" if svc.health() else svc.state),
@@ -61,7 +62,7 @@ def _probe(svc: Any, problem: str | None) -> JSONResponse:
 @router.get("/health")  # the vLLM / TGI name, which load generators such as guidellm probe
 async def healthz(request: Request) -> JSONResponse:
     """Liveness: 503 while the ledger cannot append (or before the engines are warm)."""
-    svc = request.app.state.service
+    svc = service_of(request)
     problem = svc.health() or (None if svc.started else "the service is starting (warming its engines)")
     return _probe(svc, problem)
 
@@ -69,14 +70,14 @@ async def healthz(request: Request) -> JSONResponse:
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     """Readiness, for load balancers: 503 while starting, draining or unable to append."""
-    svc = request.app.state.service
+    svc = service_of(request)
     return _probe(svc, svc.readiness() if svc.started else "the service is starting (warming its engines)")
 
 
 @router.get("/metrics")
 def metrics(request: Request, key: ApiKey = Depends(admin_key)) -> Response:
     """Prometheus text format. Needs an admin key: the series are labelled by tenant."""
-    svc = request.app.state.service
+    svc = service_of(request)
     svc.metrics.queue_depth.set(svc.worker.queue_depth())
     svc.metrics.ledger_entries.set(svc.store.ledger_size())
     return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from infermeter.api.auth import tenant_of
 from infermeter.api.completions import api_key
 from infermeter.api.records import record_view
+from infermeter.api.service import service_of
 from infermeter.billing.invoices import build_invoice, invoice_to_csv, invoice_to_json, period_bounds
 from infermeter.billing.store import ApiKey, UsageRow
 from infermeter.core.errors import InvalidRequest, NotFound
@@ -63,7 +64,7 @@ def usage(
     start: str | None = None,
     end: str | None = None,
 ) -> dict[str, Any]:
-    svc = request.app.state.service
+    svc = service_of(request)
     tenant = tenant_of(key)
     rows = svc.store.usage_summary(tenant, group_by, _time(start, "start"), _time(end, "end"))
     data = [row_view(r) for r in rows]
@@ -88,7 +89,7 @@ def usage_records(
     start: str | None = None,
     end: str | None = None,
 ) -> dict[str, Any]:
-    svc = request.app.state.service
+    svc = service_of(request)
     tenant = tenant_of(key)
     rows = svc.store.list_records(
         tenant, limit=limit + 1, after_seq=after, start=_time(start, "start"), end=_time(end, "end")
@@ -105,7 +106,7 @@ def usage_records(
 
 @router.get("/v1/usage/records/{record_id}")
 def usage_record(request: Request, record_id: str, key: ApiKey = Depends(api_key)) -> dict[str, Any]:
-    svc = request.app.state.service
+    svc = service_of(request)
     tenant = tenant_of(key)
     record = svc.store.get_record(record_id) or svc.store.get_by_request(record_id)
     if record is None or record.tenant_id != tenant:  # another tenant's record does not exist for you
@@ -120,7 +121,7 @@ def invoice(
     key: ApiKey = Depends(api_key),
     format: Literal["json", "csv"] = "json",
 ) -> Any:
-    svc = request.app.state.service
+    svc = service_of(request)
     tenant = tenant_of(key)
     start, end = period_bounds(period)
     records = [r for _, r in svc.store.list_records(tenant, limit=10**9, start=start, end=end)]
