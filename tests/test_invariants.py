@@ -1,4 +1,4 @@
-"""One test per invariant of shared/DESIGN.md, end to end where the invariant is end to end."""
+"""One test per invariant of docs/architecture.md, end to end where the invariant is end to end."""
 
 from __future__ import annotations
 

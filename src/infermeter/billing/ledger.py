@@ -9,8 +9,8 @@ An entry is the canonical JSON of ``{"event": record.to_cloudevent(), "kind": ..
 
 The chain tag is 0x02, not RFC 9162's node tag 0x01: with 0x01 a chain link would be
 byte-for-byte a Merkle node over (prev, leaf), and the two hash families must not be
-confusable (reference/scaleout_reliability.md §2.2). The Merkle tree (``billing.merkle``) is
-built over the same leaf hashes.
+confusable (RFC 9162 §2.1 separates leaf and node hashes the same way). The Merkle
+tree (``billing.merkle``) is built over the same leaf hashes.
 
 Stores keep, beside the payload, denormalized columns that queries read (tenant, cost, day…).
 ``verify_entries`` recomputes every hash and checks every such column against its payload,

@@ -1,7 +1,7 @@
 # ruff: noqa: RUF002  (Greek letters are the cost model's published coefficient names)
 """``infermeter calibrate``: measure this device, write a new RU table and fitted cost models.
 
-Three measurements (reference/gpu_metering.md §6.4):
+Three measurements (docs/metering.md, "Calibration"):
 
 1. Reference rates: GEMM throughput and copy bandwidth (numpy on CPU, PyTorch on CUDA),
    against the A100-SXM4-80GB's (RU's reference). r_compute and r_bw are their ratios.

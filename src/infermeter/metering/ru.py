@@ -125,7 +125,7 @@ class RuTable:
         return cls(str(obj["version"]), factors)
 
 
-# Seed per-phase factors (reference/gpu_metering.md §6.2): a time-weighted blend of datasheet
+# Seed per-phase factors (docs/metering.md, "Resource Units"): a time-weighted blend of datasheet
 # ratios vs the A100-SXM4-80GB, RU/ms = f_c·r_compute + (1 - f_c)·r_bw, with f_c ≈ 0.85 for
 # prefill and ≈ 0.15 for decode. Calibration replaces them.
 _GPU_SEEDS: dict[str, tuple[str, str]] = {

@@ -1,7 +1,7 @@
 """Where the window sampler's readings come from: NVML (+GPM), DCGM, or a script.
 
 A source is read by the sampler thread only, once per window: the NVML energy counter costs
-~4 ms a read (reference/gpu_metering.md §1), so it never sits on the request path.
+~4 ms a read (measured; docs/metering.md), so it never sits on the request path.
 
 Every ``Sample`` carries the energy counter's *cumulative* value and the activities averaged
 over the interval since the previous read (None for the first read, or when the device has
@@ -205,7 +205,7 @@ class NvmlSource:
         self._nv.nvmlShutdown()
 
 
-# DCGM field ids (dcgm_fields.h, DCGM 4.x; reference/gpu_metering.md §2.1)
+# DCGM field ids (dcgm_fields.h, DCGM 4.x)
 DCGM_FI_DEV_POWER_USAGE = 155
 DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION = 156
 DCGM_FI_DEV_FB_USED = 252

@@ -14,7 +14,7 @@ Batching, padding and the device-resident KV cache are ``torch_batching``'s (sha
   (``info.extra["context_device_bytes"]``);
 - the step timer (a CUDA-event timer from the caller's factory) records on the same stream.
 
-API per reference/tensorrt_api.md §5 (TensorRT 10.12+/11). Not run here (no TensorRT on the
+API of TensorRT 10.12+/11 (NVIDIA's TensorRT Python API reference). Not run here (no TensorRT on the
 development machines): its tests skip with the reason where TensorRT or a GPU is absent.
 """
 

@@ -1,8 +1,8 @@
 """Precision lives in the ONNX graph: FP16 conversion and INT8 static quantization (Q/DQ).
 
-TensorRT 11 has no precision flags and no calibrators (reference/tensorrt_api.md §2.4, §4),
-so the precision-specific graph is made here, once, and both ONNX Runtime (CPU) and the
-TensorRT builder consume it.
+TensorRT 11 has no precision flags and no calibrators (strongly typed networks take
+precision from the graph), so the precision-specific graph is made here, once, and both
+ONNX Runtime (CPU) and the TensorRT builder consume it.
 
 - FP16 (``convert_fp16``): ONNX Runtime's float16 converter, with the numerically sensitive
   ops kept in FP32 (``FP32_OPS``: LayerNorm, Softmax, reductions, Erf, exp/log/pow) and Cast

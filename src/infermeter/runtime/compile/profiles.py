@@ -1,6 +1,6 @@
 """Optimization-profile planning: which shapes an engine is built for. Pure.
 
-An engine gets one profile per shape regime (reference/tensorrt_api.md §2.5, §6.1):
+An engine gets one profile per shape regime:
 
 - ``prefill``: new-token chunks of 1..``prefill_tokens`` after a cached past of
   0..``max_seq_len - 1`` (the scheduler chunks long prompts, so a chunk can follow a past),

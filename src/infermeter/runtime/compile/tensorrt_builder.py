@@ -1,7 +1,7 @@
 """TensorRT 11 plan builder: a serialized plan from the precision-specific ONNX graph.
 
-Written against the TensorRT 10.12+/11 Python API as recorded in reference/tensorrt_api.md
-(§0, §2): the network is strongly typed (precision comes from the graph's dtypes: no
+Written against the TensorRT 10.12+/11 Python API (NVIDIA's TensorRT API reference):
+the network is strongly typed (precision comes from the graph's dtypes: no
 precision builder flags, no calibrators), one optimization profile per shape regime
 (``profiles.tensor_ranges``), a workspace memory-pool limit, a timing cache kept across
 builds, detailed profiling verbosity for the engine inspector. Build failures come back as
