@@ -38,7 +38,9 @@ def test_every_http_route_is_in_the_readme(tmp_path: Path) -> None:
     app = create_app(fake_service(tmp_path), manage=False)
     # the OpenAPI paths: newer FastAPI wraps included routers, so app.routes has no paths
     paths = {getattr(r, "path", "") for r in app.routes} | set(app.openapi()["paths"])
-    api = sorted(p for p in paths if p.startswith(("/v1/", "/healthz", "/metrics")))
+    api = sorted(
+        p for p in paths if p.startswith(("/v1/", "/healthz", "/health", "/readyz", "/metrics", "/log/"))
+    )
     missing = [p for p in api if p.split("{")[0].rstrip("/") not in README]
     assert not missing, f"README does not document: {missing}"
 
@@ -56,3 +58,19 @@ def test_quick_start_has_exactly_two_commands_that_exist() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     """.ci/run calls the README's test command."""
     assert "./scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_nothing_cites_a_file_outside_the_repository() -> None:
+    """Docs, docstrings and tests stand alone: no design or reference file of another repo."""
+    outside = re.compile(r"shared/|DESIGN\.md|STYLE\.md|\breference/[a-z_]+\.md")
+    files = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    files += [*(ROOT / "src").rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "scripts").glob("*")]
+    this = Path(__file__).resolve()
+    hits = [
+        f"{f.relative_to(ROOT)}:{n}"
+        for f in files
+        if f.is_file() and f.resolve() != this
+        for n, line in enumerate(f.read_text(errors="replace").splitlines(), 1)
+        if outside.search(line)
+    ]
+    assert not hits, f"cites files outside the repository: {hits}"
