@@ -22,12 +22,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from infermeter.api.auth import authenticate, tenant_of
-from infermeter.api.records import metering_view
+from infermeter.api.records import metering_view, price_headers
 from infermeter.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
+from infermeter.billing.plans import Quote
 from infermeter.billing.store import ApiKey
 from infermeter.core.errors import BudgetExceeded, InfermeterError, InvalidRequest, Unavailable
 from infermeter.core.ids import request_id as new_request_id
-from infermeter.core.records import UsageRecord
+from infermeter.core.records import UsageRecord, utc_now
 from infermeter.core.types import Status
 from infermeter.runtime.engine import EngineInfo
 from infermeter.runtime.worker import GenerationRequest, TokenEvent
@@ -48,6 +49,7 @@ class _Admitted:
     events: asyncio.Queue[TokenEvent | _Done]
     engine: EngineInfo
     created: int
+    quote: Quote
 
 
 def _service(request: Request) -> Any:
@@ -103,7 +105,10 @@ async def _admit(request: Request, key: ApiKey, body: _Sampling) -> _Admitted:
     engine = route.engine
     body.check_vocab(engine.vocab_size)
     rid = new_request_id()
-    bound, minimum = svc.pipeline.reservation(engine, tier, len(prompt_ids), max_tokens)
+    arrived = utc_now()  # the admission instant: the request is priced as of it (billing.plans)
+    quote = svc.prices.quote(tenant, tier, arrived)
+    priced = quote.price_plan()
+    bound, minimum = svc.pipeline.reservation(engine, tier, len(prompt_ids), max_tokens, priced)
     try:
         grant = svc.budgets.reserve_up_to(tenant, rid, bound, minimum)
     except InfermeterError as exc:
@@ -123,15 +128,18 @@ async def _admit(request: Request, key: ApiKey, body: _Sampling) -> _Admitted:
         stop=body.stops(),
         on_token=lambda ev: _send(loop, events, ev),
         on_finish=lambda outcome: _finished(svc, loop, events, rid, outcome),
-        cap=svc.pipeline.cost_cap(rid, engine, tier, grant),
+        cap=svc.pipeline.cost_cap(rid, engine, tier, grant, priced),
+        arrived_at=arrived,
     )
+    svc.pipeline.hold_quote(rid, quote)
     try:
         svc.worker.submit(gen)
     except BaseException:
+        svc.pipeline.drop_quote(rid)
         svc.budgets.release(rid)
         raise
     svc.metrics.in_flight.inc()
-    return _Admitted(gen, events, engine, int(time.time()))
+    return _Admitted(gen, events, engine, int(time.time()), quote)
 
 
 def _send(
@@ -155,6 +163,7 @@ def _finished(
     """
     svc.metrics.in_flight.dec()
     if isinstance(outcome, BaseException):
+        svc.pipeline.drop_quote(request_id)
         svc.budgets.release(request_id)
     loop.call_soon_threadsafe(events.put_nowait, _Done(outcome))
 
@@ -272,7 +281,7 @@ async def _respond(request: Request, key: ApiKey, body: _Sampling, chat: bool) -
         return StreamingResponse(
             _stream(request, adm, chat, body.include_usage()),
             media_type="text/event-stream",
-            headers={"x-request-id": adm.request.request_id},
+            headers={"x-request-id": adm.request.request_id, **price_headers(adm.quote)},
         )
     worker = _service(request).worker
     collect = asyncio.ensure_future(_collect(adm))
@@ -315,7 +324,7 @@ async def _respond(request: Request, key: ApiKey, body: _Sampling, chat: bool) -
             **common,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
         }
-    return _Json(payload, headers={"x-request-id": record.request_id})
+    return _Json(payload, headers={"x-request-id": record.request_id, **price_headers(adm.quote)})
 
 
 @router.post("/v1/chat/completions")

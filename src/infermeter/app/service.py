@@ -37,6 +37,7 @@ from infermeter.runtime.worker import Worker
 
 from .health import LedgerWatch, fault_message
 from .pipeline import MeteringPipeline
+from .prices import Prices
 from .stores import make_checkpoint_log, make_store, uses_postgres
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Service:
         self.budgets = Budgets(spent_of=self.store.spent, limit_of=self._limit_of)
         self._limit_default = limit_default
         self.plan = plan
+        self.prices = Prices(self.store, plan)  # per-tenant plan versions (billing.plans)
         # The active calibration (one that passed the MAPE gate or was activated by name),
         # unless the caller chose a table itself; candidates never price anything.
         calibration = load_active(settings.home)

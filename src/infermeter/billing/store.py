@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
+from infermeter.billing.plans import PlanAssignment, PlanVersion
 from infermeter.core.records import UsageRecord
 
 
@@ -91,6 +92,15 @@ class Store(Protocol):
         ...
 
     def list_keys(self, tenant_id: str | None = None) -> list[ApiKey]: ...
+
+    # price plans (billing.plans): rows only ever added -------------------------
+    def add_plan_version(self, version: PlanVersion) -> PlanVersion: ...
+
+    def list_plan_versions(self) -> list[PlanVersion]: ...
+
+    def add_plan_assignment(self, assignment: PlanAssignment) -> PlanAssignment: ...
+
+    def list_plan_assignments(self) -> list[PlanAssignment]: ...
 
     # the ledger -----------------------------------------------------------
     def append(self, records: Sequence[UsageRecord]) -> list[AppendResult]:

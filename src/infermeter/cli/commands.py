@@ -11,7 +11,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from infermeter.billing.invoices import build_invoice, invoice_to_csv, invoice_to_json, period_bounds
+from infermeter.billing.invoices import (
+    build_invoice,
+    invoice_currency,
+    invoice_to_csv,
+    invoice_to_json,
+    period_bounds,
+)
 from infermeter.billing.store import Store, Tenant
 from infermeter.config import Settings, load_settings
 from infermeter.core.errors import InvalidRequest, NotFound
@@ -271,7 +277,9 @@ def cmd_invoice(args: argparse.Namespace) -> int:
         store.close()
     from infermeter.billing.pricing import DEFAULT_PLAN
 
-    inv = build_invoice(tenant.tenant_id, args.period, records, DEFAULT_PLAN.currency)
+    inv = build_invoice(
+        tenant.tenant_id, args.period, records, invoice_currency(records, DEFAULT_PLAN.currency)
+    )
     if args.format == "csv":
         sys.stdout.write(invoice_to_csv(inv))
     else:
