@@ -71,7 +71,11 @@ def create_plan_version(
     return version.to_json()
 
 
-@router.post("/v1/admin/plans/{name}/assign", status_code=201)
+@router.post(
+    "/v1/admin/plans/{name}/assign",
+    status_code=201,
+    responses={404: {"description": "No such tenant."}},
+)
 def assign_plan(
     request: Request, name: str, body: NewAssignment, key: ApiKey = Depends(admin_key)
 ) -> dict[str, Any]:
@@ -88,7 +92,7 @@ def assign_plan(
     return done.to_json()
 
 
-@router.get("/v1/plan")
+@router.get("/v1/plan", responses={403: {"description": "An admin key has no tenant plan."}})
 def my_plan(request: Request, key: ApiKey = Depends(api_key)) -> dict[str, Any]:
     """The caller's plan in effect now, the prices it pays per tier, and its plan history."""
     svc = request.app.state.service

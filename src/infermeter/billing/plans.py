@@ -296,6 +296,16 @@ class PlanBook:
         plan = self.plan_at(tenant_id, at)
         return Quote(plan.version, plan.currency, ServiceTier(tier), plan.price(tier), multiplier)
 
+    def list_price(self, version_id: str, tier: ServiceTier) -> Decimal | None:
+        """The price per 1,000 RU of ``tier`` in plan version ``version_id`` (None if unknown)."""
+        if version_id == self.default.version:
+            return self.default.per_1000_ru.get(tier)
+        name, _, number = version_id.rpartition(".v")
+        for v in self._versions.get(name, ()):
+            if str(v.version) == number:
+                return v.per_1000_ru.get(tier)
+        return None
+
     def next_version(self, plan: str, currency: str, effective_from: datetime) -> int:
         """The number the next version of ``plan`` gets; InvalidRequest if it would break order."""
         existing = self._versions.get(plan, [])
