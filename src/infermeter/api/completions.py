@@ -50,6 +50,7 @@ class _Admitted:
     engine: EngineInfo
     created: int
     quote: Quote
+    limits: dict[str, str]  # x-ratelimit-* headers (empty without limits)
 
 
 def _service(request: Request) -> Any:
@@ -104,6 +105,8 @@ async def _admit(request: Request, key: ApiKey, body: _Sampling) -> _Admitted:
         raise
     engine = route.engine
     body.check_vocab(engine.vocab_size)
+    subjects = svc.rate_limits.subjects(key)
+    headroom = svc.rate_limits.admit(subjects, len(prompt_ids) + max_tokens)  # or 429 (RateLimited)
     rid = new_request_id()
     arrived = utc_now()  # the admission instant: the request is priced as of it (billing.plans)
     quote = svc.prices.quote(tenant, tier, arrived)
@@ -127,7 +130,7 @@ async def _admit(request: Request, key: ApiKey, body: _Sampling) -> _Admitted:
         sampling=body.sampling(),
         stop=body.stops(),
         on_token=lambda ev: _send(loop, events, ev),
-        on_finish=lambda outcome: _finished(svc, loop, events, rid, outcome),
+        on_finish=lambda outcome: _finished(svc, loop, events, rid, outcome, subjects),
         cap=svc.pipeline.cost_cap(rid, engine, tier, grant, priced),
         arrived_at=arrived,
     )
@@ -139,7 +142,7 @@ async def _admit(request: Request, key: ApiKey, body: _Sampling) -> _Admitted:
         svc.budgets.release(rid)
         raise
     svc.metrics.in_flight.inc()
-    return _Admitted(gen, events, engine, int(time.time()), quote)
+    return _Admitted(gen, events, engine, int(time.time()), quote, headroom.headers if headroom else {})
 
 
 def _send(
@@ -155,6 +158,7 @@ def _finished(
     events: asyncio.Queue[TokenEvent | _Done],
     request_id: str,
     outcome: object,
+    subjects: Any = (),
 ) -> None:
     """Runs on the ledger writer thread once the record is durable (or on the failing thread).
 
@@ -165,6 +169,8 @@ def _finished(
     if isinstance(outcome, BaseException):
         svc.pipeline.drop_quote(request_id)
         svc.budgets.release(request_id)
+    elif isinstance(outcome, UsageRecord):
+        svc.rate_limits.charge_ru(subjects, outcome.ru_micros)  # RU per minute: measured
     loop.call_soon_threadsafe(events.put_nowait, _Done(outcome))
 
 
@@ -281,7 +287,7 @@ async def _respond(request: Request, key: ApiKey, body: _Sampling, chat: bool) -
         return StreamingResponse(
             _stream(request, adm, chat, body.include_usage()),
             media_type="text/event-stream",
-            headers={"x-request-id": adm.request.request_id, **price_headers(adm.quote)},
+            headers={"x-request-id": adm.request.request_id, **price_headers(adm.quote), **adm.limits},
         )
     worker = _service(request).worker
     collect = asyncio.ensure_future(_collect(adm))
@@ -324,7 +330,8 @@ async def _respond(request: Request, key: ApiKey, body: _Sampling, chat: bool) -
             **common,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
         }
-    return _Json(payload, headers={"x-request-id": record.request_id, **price_headers(adm.quote)})
+    headers = {"x-request-id": record.request_id, **price_headers(adm.quote), **adm.limits}
+    return _Json(payload, headers=headers)
 
 
 @router.post("/v1/chat/completions")

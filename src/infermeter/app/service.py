@@ -36,6 +36,7 @@ from infermeter.runtime.scheduler import SchedulerConfig
 from infermeter.runtime.worker import Worker
 
 from .health import LedgerWatch, fault_message
+from .limits import RateLimits
 from .pipeline import MeteringPipeline
 from .prices import Prices
 from .stores import make_checkpoint_log, make_store, uses_postgres
@@ -74,6 +75,7 @@ class Service:
         self._limit_default = limit_default
         self.plan = plan
         self.prices = Prices(self.store, plan)  # per-tenant plan versions (billing.plans)
+        self.rate_limits = RateLimits(self.store)  # per tenant and key (billing.rate_limits)
         # The active calibration (one that passed the MAPE gate or was activated by name),
         # unless the caller chose a table itself; candidates never price anything.
         calibration = load_active(settings.home)

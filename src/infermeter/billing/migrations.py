@@ -179,6 +179,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
         ),
     ),
+    Migration(
+        "0006_rate_limits",
+        (
+            # billing.rate_limits: per-minute limits of a tenant ("tenant:<id>") or a key
+            # ("key:<id>"). Configuration, not the ledger: a row is replaced when it changes.
+            """CREATE TABLE rate_limits (
+                subject TEXT PRIMARY KEY,
+                requests_per_min INTEGER,
+                tokens_per_min INTEGER,
+                ru_per_min TEXT,
+                updated_at TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

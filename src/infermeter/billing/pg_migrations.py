@@ -156,6 +156,18 @@ PG_MIGRATIONS: tuple[PgMigration, ...] = (
             *_refuse("plan_assignments", _PLANS_ONLY_ADDED),
         ),
     ),
+    PgMigration(
+        "0006_rate_limits",
+        (
+            """CREATE TABLE rate_limits (
+                subject TEXT PRIMARY KEY,
+                requests_per_min BIGINT,
+                tokens_per_min BIGINT,
+                ru_per_min TEXT,
+                updated_at TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

@@ -37,15 +37,18 @@ from infermeter.billing.ledger import (
 from infermeter.billing.pg_migrations import pg_migrate
 from infermeter.billing.plans import (
     ASSIGNMENT_COLUMNS,
+    LIMIT_COLUMNS,
     VERSION_COLUMNS,
     PlanAssignment,
     PlanVersion,
     assignment_from_row,
     assignment_row,
+    limits_row,
     plan_version_taken,
     version_from_row,
     version_row,
 )
+from infermeter.billing.rate_limits import Limits, limits_from_row
 from infermeter.billing.sqlite_store import _budget, _budget_text, _dt, _no_tenant, _secret_hash, _time
 from infermeter.billing.store import ApiKey, AppendCallback, AppendResult, Tenant, UsageRow, VerifyReport
 from infermeter.core import ids
@@ -343,6 +346,22 @@ class PgStore:
     def list_plan_assignments(self) -> list[PlanAssignment]:
         rows = self._rows(f"SELECT {ASSIGNMENT_COLUMNS} FROM plan_assignments ORDER BY number")
         return [assignment_from_row(r) for r in rows]
+
+    def set_rate_limits(self, subject: str, limits: Limits) -> None:
+        def put(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute("DELETE FROM rate_limits WHERE subject = %s", (subject,))
+                if not limits.empty:
+                    conn.execute(
+                        f"INSERT INTO rate_limits ({LIMIT_COLUMNS}, updated_at) VALUES (%s, %s, %s, %s, %s)",
+                        limits_row(subject, limits),
+                    )
+
+        self._run_sql(put)
+
+    def list_rate_limits(self) -> dict[str, Limits]:
+        rows = self._rows(f"SELECT {LIMIT_COLUMNS} FROM rate_limits ORDER BY subject")
+        return {r[0]: limits_from_row(r) for r in rows}
 
     # the ledger: writes -----------------------------------------------------------
     def append(self, records: Sequence[UsageRecord]) -> list[AppendResult]:

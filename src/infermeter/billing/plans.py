@@ -251,6 +251,17 @@ def plan_version_taken(v: PlanVersion) -> InvalidRequest:
     )
 
 
+LIMIT_COLUMNS = "subject, requests_per_min, tokens_per_min, ru_per_min"
+
+
+def limits_row(subject: str, limits: Any) -> tuple[str, int | None, int | None, str | None, str]:
+    """A ``rate_limits`` row (``billing.rate_limits.Limits``), stamped now."""
+    from infermeter.core.records import utc_now
+
+    ru = None if limits.ru_per_min is None else str(limits.ru_per_min)
+    return (subject, limits.requests_per_min, limits.tokens_per_min, ru, iso(utc_now()))
+
+
 class PlanBook:
     """Every plan version and assignment, answering "what price at time t" (pure)."""
 

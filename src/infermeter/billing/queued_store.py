@@ -19,6 +19,7 @@ from pathlib import Path
 from infermeter.billing.outbox import Outbox
 from infermeter.billing.pg_store import PgStore
 from infermeter.billing.plans import PlanAssignment, PlanVersion
+from infermeter.billing.rate_limits import Limits
 from infermeter.billing.relay import Relay
 from infermeter.billing.sqlite_store import PROBE_MIN_FREE
 from infermeter.billing.store import ApiKey, AppendCallback, AppendResult, Tenant, UsageRow, VerifyReport
@@ -106,6 +107,12 @@ class QueuedStore:
 
     def list_plan_assignments(self) -> list[PlanAssignment]:
         return self.pg.list_plan_assignments()
+
+    def set_rate_limits(self, subject: str, limits: Limits) -> None:
+        self.pg.set_rate_limits(subject, limits)
+
+    def list_rate_limits(self) -> dict[str, Limits]:
+        return self.pg.list_rate_limits()
 
     def get_record(self, record_id: str) -> UsageRecord | None:
         return self.pg.get_record(record_id)

@@ -31,15 +31,18 @@ from infermeter.billing.ledger import (
 from infermeter.billing.migrations import migrate
 from infermeter.billing.plans import (
     ASSIGNMENT_COLUMNS,
+    LIMIT_COLUMNS,
     VERSION_COLUMNS,
     PlanAssignment,
     PlanVersion,
     assignment_from_row,
     assignment_row,
+    limits_row,
     plan_version_taken,
     version_from_row,
     version_row,
 )
+from infermeter.billing.rate_limits import Limits, limits_from_row
 from infermeter.billing.sqlite_writer import (
     APPEND,
     CALL,
@@ -319,6 +322,21 @@ class SqliteStore:
     def list_plan_assignments(self) -> list[PlanAssignment]:
         sql = f"SELECT {ASSIGNMENT_COLUMNS} FROM plan_assignments ORDER BY number"
         return [assignment_from_row(r) for r in self._read().execute(sql)]
+
+    def set_rate_limits(self, subject: str, limits: Limits) -> None:
+        def put(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM rate_limits WHERE subject = ?", (subject,))
+            if not limits.empty:
+                conn.execute(
+                    f"INSERT INTO rate_limits ({LIMIT_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?)",
+                    limits_row(subject, limits),
+                )
+
+        self.write(put)
+
+    def list_rate_limits(self) -> dict[str, Limits]:
+        sql = f"SELECT {LIMIT_COLUMNS} FROM rate_limits ORDER BY subject"
+        return {r[0]: limits_from_row(r) for r in self._read().execute(sql)}
 
     # the ledger: writes -----------------------------------------------------
     def append(self, records: Sequence[UsageRecord]) -> list[AppendResult]:

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from infermeter.billing.plans import PlanAssignment, PlanVersion
+from infermeter.billing.rate_limits import Limits
 from infermeter.core.records import UsageRecord
 
 
@@ -101,6 +102,13 @@ class Store(Protocol):
     def add_plan_assignment(self, assignment: PlanAssignment) -> PlanAssignment: ...
 
     def list_plan_assignments(self) -> list[PlanAssignment]: ...
+
+    # rate limits (billing.rate_limits): subject "tenant:<id>" or "key:<id>" -> limits
+    def set_rate_limits(self, subject: str, limits: Limits) -> None:
+        """Replace the subject's limits (empty limits remove them)."""
+        ...
+
+    def list_rate_limits(self) -> dict[str, Limits]: ...
 
     # the ledger -----------------------------------------------------------
     def append(self, records: Sequence[UsageRecord]) -> list[AppendResult]:

@@ -87,6 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "queue": args.queue,
         "max_body_bytes": args.max_body_bytes,
         "graceful_timeout": args.graceful_timeout,
+        "budget_status": args.budget_status,
     }
     if args.no_int8:
         overrides["int8"] = False
@@ -314,6 +315,12 @@ def register(sub: Any) -> None:
         type=int,
         dest="max_body_bytes",
         help="refuse request bodies larger than this with a 413 (default 1048576 = 1 MiB)",
+    )
+    p.add_argument(
+        "--budget-status",
+        type=int,
+        dest="budget_status",
+        help="status of an exhausted budget: 402 (default) or 429 (OpenAI's insufficient_quota)",
     )
     p.add_argument(
         "--graceful-timeout",
