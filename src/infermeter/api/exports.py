@@ -10,9 +10,9 @@ last ``next_after`` as ``after`` next time: no entry is exported twice.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from infermeter.api.admin import admin_key
@@ -29,7 +29,7 @@ router = APIRouter()
 )
 def export(
     request: Request,
-    format: Literal["stripe", "lago", "openmeter", "focus"],
+    format: str = Path(description="stripe | lago | openmeter | focus"),
     key: ApiKey = Depends(admin_key),
     after: int | None = Query(None, ge=-1, le=INT64_MAX, description="next_after of the previous export"),
     limit: int = Query(1000, ge=1, le=MAX_LIMIT),
