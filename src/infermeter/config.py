@@ -45,6 +45,7 @@ class Settings:
     witnesses: str = ""
     log_level: str = "info"
     max_body_bytes: int = 1024 * 1024  # request bodies over this get a 413 before they are read
+    budget_status: int = 402  # an exhausted budget's status: 402, or 429 insufficient_quota (OpenAI)
     # lifecycle
     graceful_timeout: int = 30  # SIGTERM: drain at most this many seconds, then cancel (billed) the rest
     allow_unverified: bool = False  # serve even when the ledger fails the start-up check (logged loudly)
@@ -117,6 +118,11 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
         raise ConfigError(
             f"queue={settings.queue!r} needs a PostgreSQL billing database; pass --db postgresql://… "
             "(the ingester appends the queued records there)"
+        )
+    if settings.budget_status not in (402, 429):
+        raise ConfigError(
+            f"budget_status={settings.budget_status} must be 402 (the default) or 429 "
+            "(OpenAI's insufficient_quota convention)"
         )
     if settings.max_body_bytes < 1:
         raise ConfigError(

@@ -60,8 +60,8 @@ def test_every_error_response_is_the_openai_envelope(document: dict[str, Any]) -
 @pytest.mark.parametrize(
     ("method", "path", "statuses"),
     [
-        ("POST", "/v1/chat/completions", {"200", "400", "401", "402", "403", "404", "413", "503"}),
-        ("POST", "/v1/completions", {"200", "400", "401", "402", "403", "404", "413", "503"}),
+        ("POST", "/v1/chat/completions", {"200", "400", "401", "402", "403", "404", "413", "429", "503"}),
+        ("POST", "/v1/completions", {"200", "400", "401", "402", "403", "404", "413", "429", "503"}),
         ("GET", "/metrics", {"200", "401", "403", "413"}),
         ("GET", "/v1/usage/records", {"200", "400", "401", "403", "413"}),
         ("GET", "/v1/receipts/{record_id}", {"200", "400", "401", "404", "413"}),

@@ -22,13 +22,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from infermeter.api.auth import authenticate, tenant_of
-from infermeter.api.records import metering_view
+from infermeter.api.records import metering_view, price_headers
 from infermeter.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
 from infermeter.api.service import ServingService, service_of
+from infermeter.billing.plans import Quote
 from infermeter.billing.store import ApiKey
 from infermeter.core.errors import BudgetExceeded, InfermeterError, InvalidRequest, Unavailable
 from infermeter.core.ids import request_id as new_request_id
-from infermeter.core.records import UsageRecord
+from infermeter.core.records import UsageRecord, utc_now
 from infermeter.core.types import Status
 from infermeter.runtime.engine import EngineInfo
 from infermeter.runtime.worker import GenerationRequest, TokenEvent
@@ -49,6 +50,8 @@ class _Admitted:
     events: asyncio.Queue[TokenEvent | _Done]
     engine: EngineInfo
     created: int
+    quote: Quote
+    limits: dict[str, str]  # x-ratelimit-* headers (empty without limits)
 
 
 def _service(request: Request) -> ServingService:
@@ -103,8 +106,13 @@ async def _admit(request: Request, key: ApiKey, body: _Sampling) -> _Admitted:
         raise
     engine = route.engine
     body.check_vocab(engine.vocab_size)
+    subjects = svc.rate_limits.subjects(key)
+    headroom = svc.rate_limits.admit(subjects, len(prompt_ids) + max_tokens)  # or 429 (RateLimited)
     rid = new_request_id()
-    bound, minimum = svc.pipeline.reservation(engine, tier, len(prompt_ids), max_tokens)
+    arrived = utc_now()  # the admission instant: the request is priced as of it (billing.plans)
+    quote = svc.prices.quote(tenant, tier, arrived)
+    priced = quote.price_plan()
+    bound, minimum = svc.pipeline.reservation(engine, tier, len(prompt_ids), max_tokens, priced)
     try:
         grant = svc.budgets.reserve_up_to(tenant, rid, bound, minimum)
     except InfermeterError as exc:
@@ -123,16 +131,19 @@ async def _admit(request: Request, key: ApiKey, body: _Sampling) -> _Admitted:
         sampling=body.sampling(),
         stop=body.stops(),
         on_token=lambda ev: _send(loop, events, ev),
-        on_finish=lambda outcome: _finished(svc, loop, events, rid, outcome),
-        cap=svc.pipeline.cost_cap(rid, engine, tier, grant),
+        on_finish=lambda outcome: _finished(svc, loop, events, rid, outcome, subjects),
+        cap=svc.pipeline.cost_cap(rid, engine, tier, grant, priced),
+        arrived_at=arrived,
     )
+    svc.pipeline.hold_quote(rid, quote)
     try:
         svc.worker.submit(gen)
     except BaseException:
+        svc.pipeline.drop_quote(rid)
         svc.budgets.release(rid)
         raise
     svc.metrics.in_flight.inc()
-    return _Admitted(gen, events, engine, int(time.time()))
+    return _Admitted(gen, events, engine, int(time.time()), quote, headroom.headers if headroom else {})
 
 
 def _send(
@@ -148,6 +159,7 @@ def _finished(
     events: asyncio.Queue[TokenEvent | _Done],
     request_id: str,
     outcome: object,
+    subjects: Any = (),
 ) -> None:
     """Runs on the ledger writer thread once the record is durable (or on the failing thread).
 
@@ -157,7 +169,10 @@ def _finished(
     svc.admission.leave()
     svc.metrics.in_flight.dec()
     if isinstance(outcome, BaseException):
+        svc.pipeline.drop_quote(request_id)
         svc.budgets.release(request_id)
+    elif isinstance(outcome, UsageRecord):
+        svc.rate_limits.charge_ru(subjects, outcome.ru_micros)  # RU per minute: measured
     loop.call_soon_threadsafe(events.put_nowait, _Done(outcome))
 
 
@@ -274,7 +289,7 @@ async def _respond(request: Request, key: ApiKey, body: _Sampling, chat: bool) -
         return StreamingResponse(
             _stream(request, adm, chat, body.include_usage()),
             media_type="text/event-stream",
-            headers={"x-request-id": adm.request.request_id},
+            headers={"x-request-id": adm.request.request_id, **price_headers(adm.quote), **adm.limits},
         )
     worker = _service(request).worker
     collect = asyncio.ensure_future(_collect(adm))
@@ -317,7 +332,8 @@ async def _respond(request: Request, key: ApiKey, body: _Sampling, chat: bool) -
             **common,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
         }
-    return _Json(payload, headers={"x-request-id": record.request_id})
+    headers = {"x-request-id": record.request_id, **price_headers(adm.quote), **adm.limits}
+    return _Json(payload, headers=headers)
 
 
 @router.post("/v1/chat/completions")

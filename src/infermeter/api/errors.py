@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from infermeter.billing.rate_limits import RateLimited
 from infermeter.core import errors as e
 from infermeter.runtime.admission import Overloaded
 
@@ -109,9 +110,20 @@ def _range(request: Request, where: str) -> str | None:
     return None
 
 
+def _budget_status(request: Request) -> int:
+    """402 (the default) or 429 (OpenAI's convention), from ``settings.budget_status``."""
+    settings = getattr(getattr(request.app.state, "service", None), "settings", None)
+    return int(getattr(settings, "budget_status", 402))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(e.InfermeterError)
     async def _known(request: Request, exc: e.InfermeterError) -> JSONResponse:
+        if isinstance(exc, RateLimited):  # OpenAI's 429: type requests|tokens, Retry-After
+            headers = {**exc.headers, "retry-after": str(exc.retry_after_s)}
+            return envelope(429, exc.message, exc.kind, exc.param, exc.code, headers)
+        if isinstance(exc, e.BudgetExceeded) and _budget_status(request) == 429:
+            return envelope(429, exc.message, "insufficient_quota", exc.param, exc.code)
         for cls, status, type_ in STATUS:
             if isinstance(exc, cls):
                 if status >= 500:

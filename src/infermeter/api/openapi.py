@@ -59,13 +59,14 @@ WHY = {
     403: "The key is of the wrong kind (a tenant key on an admin route, or an admin key on a tenant route).",
     404: "Not found (an unknown model, or a record, checkpoint or tenant that does not exist for this key).",
     413: "The request body is over the server's limit (`--max-body-bytes`).",
+    429: "A rate limit (see Retry-After), or an exhausted budget under budget_status=429.",
     503: "Temporarily unavailable (engine or ledger); the request was not charged.",
 }
 
 TENANT = (403,)  # a tenant route refuses an admin key (it has no tenant)
 ROUTE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
-    ("POST", "/v1/chat/completions"): (*TENANT, 402, 404, 503),
-    ("POST", "/v1/completions"): (*TENANT, 402, 404, 503),
+    ("POST", "/v1/chat/completions"): (*TENANT, 402, 404, 429, 503),
+    ("POST", "/v1/completions"): (*TENANT, 402, 404, 429, 503),
     ("GET", "/v1/usage"): TENANT,
     ("GET", "/v1/usage/records"): TENANT,
     ("GET", "/v1/usage/records/{record_id}"): (*TENANT, 404),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from infermeter.billing.plans import Quote
 from infermeter.core.money import format_decimal
 from infermeter.core.records import UsageRecord
 from infermeter.metering.window_ledger import WindowMeters
@@ -32,6 +33,17 @@ def metering_view(record: UsageRecord) -> dict[str, Any]:
         "cost_model_version": record.cost_model_version,
         "ru_table_version": record.ru_table_version,
         "price_plan_version": record.price_plan_version,
+        "price_point": record.price_point,
+        "multiplier": None if record.multiplier is None else format_decimal(record.multiplier),
+    }
+
+
+def price_headers(quote: Quote) -> dict[str, str]:
+    """The response headers that say what a request is priced with (fixed at admission)."""
+    return {
+        "x-infermeter-price-point": quote.price_point,
+        "x-infermeter-price-multiplier": format_decimal(quote.multiplier),
+        "x-infermeter-price-plan": quote.plan_version,
     }
 
 

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Protocol, cast
 from fastapi import Request
 
 if TYPE_CHECKING:
+    from infermeter.app.limits import RateLimits
     from infermeter.app.pipeline import MeteringPipeline
+    from infermeter.app.prices import Prices
     from infermeter.billing.budgets import Budgets
     from infermeter.billing.checkpoint_log import CheckpointLog
     from infermeter.billing.log_publisher import LogPublisher
@@ -40,6 +42,8 @@ class ServingService(Protocol):
     log_publisher: LogPublisher | None
     budgets: Budgets
     plan: PricePlan
+    prices: Prices
+    rate_limits: RateLimits
     pipeline: MeteringPipeline
     worker: Worker
     tokenizers: dict[str, Tokenizer]

@@ -13,7 +13,13 @@ from infermeter.api.auth import tenant_of
 from infermeter.api.completions import api_key
 from infermeter.api.records import record_view
 from infermeter.api.service import service_of
-from infermeter.billing.invoices import build_invoice, invoice_to_csv, invoice_to_json, period_bounds
+from infermeter.billing.invoices import (
+    build_invoice,
+    invoice_currency,
+    invoice_to_csv,
+    invoice_to_json,
+    period_bounds,
+)
 from infermeter.billing.store import ApiKey, UsageRow
 from infermeter.core.errors import InvalidRequest, NotFound
 from infermeter.core.money import format_decimal
@@ -125,7 +131,7 @@ def invoice(
     tenant = tenant_of(key)
     start, end = period_bounds(period)
     records = [r for _, r in svc.store.list_records(tenant, limit=10**9, start=start, end=end)]
-    inv = build_invoice(tenant, period, records, svc.plan.currency)
+    inv = build_invoice(tenant, period, records, invoice_currency(records, svc.plan.currency))
     if format == "csv":
         return Response(invoice_to_csv(inv), media_type="text/csv")
     return JSONResponse(invoice_to_json(inv))

@@ -28,6 +28,7 @@ from typing import Any
 
 from infermeter.app.cost_caps import CostCeilings, Pricer, RequestCap
 from infermeter.billing.budgets import Budgets, Grant
+from infermeter.billing.plans import ONE, Quote
 from infermeter.billing.pricing import PricePlan
 from infermeter.billing.store import AppendResult, Store
 from infermeter.core.ids import record_id as new_record_id
@@ -80,6 +81,8 @@ class MeteringPipeline:
         self._cost_models: dict[str, CostModel] = {}
         self._ceilings: dict[str, CostCeilings] = {}
         self._step_metrics: dict[str, _StepMetrics] = {}
+        # request id -> the quote it was admitted with (set by the API, taken when priced)
+        self._quotes: dict[str, Quote] = {}
         self._steps: deque[tuple[StepRecord, StepShares, dict[str, int], int]] = deque()
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -93,6 +96,21 @@ class MeteringPipeline:
 
     def cost_model(self, engine_id: str) -> CostModel:
         return self._cost_models.get(engine_id, TOKEN_PROPORTIONAL)
+
+    def hold_quote(self, request_id: str, quote: Quote) -> None:
+        """Price ``request_id`` with ``quote`` (its admission's) when it finishes."""
+        self._quotes[request_id] = quote
+
+    def drop_quote(self, request_id: str) -> None:
+        """Forget a quote whose request will never be priced (it failed before running)."""
+        self._quotes.pop(request_id, None)
+
+    def quote_for(self, request_id: str, tier: ServiceTier) -> Quote:
+        """The held quote, or the service plan's list price (multiplier 1) for one without."""
+        held = self._quotes.pop(request_id, None)
+        if held is not None:
+            return held
+        return Quote(self.plan.version, self.plan.currency, tier, self.plan.price(tier), ONE)
 
     # lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -229,7 +247,9 @@ class MeteringPipeline:
         ru_micros = self.ru_table.ru_micros(
             info.device_class, info.precision, meters.prefill_us, meters.decode_us
         )
-        cost = Decimal(0) if finished.status == Status.FAILED else self.plan.cost(ru_micros, req.tier)
+        quote = self.quote_for(req.request_id, req.tier)
+        priced = quote.price_plan()
+        cost = Decimal(0) if finished.status == Status.FAILED else priced.cost(ru_micros, req.tier)
         return UsageRecord(
             record_id=new_record_id(),
             request_id=req.request_id,
@@ -249,15 +269,17 @@ class MeteringPipeline:
             kv_mb_s=meters.kv_mb_s,
             ru_micros=ru_micros,
             cost=cost,
-            currency=self.plan.currency,
+            currency=quote.currency,
             queue_ms=finished.queue_ms,
             latency_ms=finished.latency_ms,
             started_at=finished.started_at,
             ended_at=finished.ended_at,
             cost_model_version=self.cost_model(info.engine_id).version,
             ru_table_version=self.ru_table.version,
-            price_plan_version=self.plan.version,
+            price_plan_version=quote.plan_version,
             stopped_by=finished.stopped_by,
+            price_point=quote.price_point,
+            multiplier=quote.multiplier,
         )
 
     def warmup_record(self, info: EngineInfo, steps: list[StepRecord]) -> UsageRecord:
@@ -302,11 +324,18 @@ class MeteringPipeline:
         return found
 
     def reservation(
-        self, info: EngineInfo, tier: ServiceTier, prompt_tokens: int, max_tokens: int
+        self,
+        info: EngineInfo,
+        tier: ServiceTier,
+        prompt_tokens: int,
+        max_tokens: int,
+        plan: PricePlan | None = None,
     ) -> tuple[Decimal, Decimal]:
         """(bound, minimum): the request's cost at the per-token ceilings, and the same for
-        its prompt and one token. An upper bound for reservations, never a price."""
-        ceilings, pricer = self.ceilings(info.engine_id), Pricer(self.ru_table, self.plan, info, tier)
+        its prompt and one token. An upper bound for reservations, never a price. ``plan``:
+        the request's quote (``Quote.price_plan``); the service plan when None."""
+        plan = self.plan if plan is None else plan
+        ceilings, pricer = self.ceilings(info.engine_id), Pricer(self.ru_table, plan, info, tier)
         prefill = ceilings.prefill_us(prompt_tokens)
         bound = pricer.cost(prefill, ceilings.decode_us(max_tokens))
         return bound, pricer.cost(prefill, ceilings.decode_us(1))
@@ -318,12 +347,17 @@ class MeteringPipeline:
         return self.reservation(info, tier, prompt_tokens, max_tokens)[0]
 
     def cost_cap(
-        self, request_id: str, info: EngineInfo, tier: ServiceTier, grant: Grant
+        self,
+        request_id: str,
+        info: EngineInfo,
+        tier: ServiceTier,
+        grant: Grant,
+        plan: PricePlan | None = None,
     ) -> RequestCap | None:
         """The cap the worker enforces for a reservation; None when the tenant has no limit."""
         if not grant.capped or not self.enabled:
             return None
-        pricer = Pricer(self.ru_table, self.plan, info, tier)
+        pricer = Pricer(self.ru_table, self.plan if plan is None else plan, info, tier)
         return RequestCap(request_id, grant.amount, pricer, self.ceilings(info.engine_id), self.budgets)
 
     def _count(self, record: UsageRecord) -> None:

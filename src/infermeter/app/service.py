@@ -37,7 +37,9 @@ from infermeter.runtime.scheduler import SchedulerConfig
 from infermeter.runtime.worker import Worker
 
 from .health import LedgerWatch, fault_message
+from .limits import RateLimits
 from .pipeline import MeteringPipeline
+from .prices import Prices
 from .stores import make_checkpoint_log, make_store, uses_postgres
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ class Service:
         self.budgets = Budgets(spent_of=self.store.spent, limit_of=self._limit_of)
         self._limit_default = limit_default
         self.plan = plan
+        self.prices = Prices(self.store, plan)  # per-tenant plan versions (billing.plans)
+        self.rate_limits = RateLimits(self.store)  # per tenant and key (billing.rate_limits)
         # The active calibration (one that passed the MAPE gate or was activated by name),
         # unless the caller chose a table itself; candidates never price anything.
         calibration = load_active(settings.home)

@@ -8,7 +8,8 @@ anything it does not expect (a value of an unusual type, a huge integer, a times
 another zone, a set optional field it does not know) sends the record down the reference
 path, and a property test holds the two byte-identical.
 
-Fields added to ``UsageRecord`` later are handled without editing this module as long as
+The optional pricing fields (``price_point``, ``multiplier``) are written here when set;
+other fields added to ``UsageRecord`` later are handled without editing this module as long as
 they are optional: a record whose unknown fields are all ``None`` takes the fast path only
 if the reference encoding leaves such fields out (checked once, at import, on a probe
 record); any record with one of them set takes the reference path.
@@ -38,7 +39,7 @@ _KNOWN_FIELDS = frozenset(
     "prompt_tokens completion_tokens cached_tokens device_us prefill_us decode_us kv_mb_s "
     "ru_micros cost currency queue_ms latency_ms started_at ended_at cost_model_version "
     "ru_table_version price_plan_version warmup kind corrects reason weighted_device_ms "
-    "dram_score energy_mj stopped_by".split()
+    "dram_score energy_mj stopped_by price_point multiplier".split()
 )
 # The enums are StrEnums, so the C string encoder writes their value directly.
 _ALL_FIELDS = tuple(f.name for f in fields(UsageRecord))
@@ -118,7 +119,9 @@ def encode_event(record: UsageRecord) -> tuple[str, str, str]:
         is type(ru)
         and (energy is None or type(energy) is int)
         and type(r.warmup) is bool
-        and r.stopped_by is None  # optional fields, when set, take the reference path
+        and r.stopped_by is None  # other optional fields, when set, take the reference path
+        and (r.price_point is None or type(r.price_point) is str)
+        and (r.multiplier is None or type(r.multiplier) is Decimal)
         and -_LIMIT < us < _LIMIT
         and -_LIMIT < ru < _LIMIT
         and (not _EXTRA or all(getattr(r, name) is None for name in _EXTRA))
@@ -128,6 +131,8 @@ def encode_event(record: UsageRecord) -> tuple[str, str, str]:
         time = _iso(r.ended_at)
         cost = _dec(r.cost)
         rid, tenant = _s(r.record_id), _s(r.tenant_id)
+        mult = "" if r.multiplier is None else f'"multiplier":"{_dec(r.multiplier)}",'
+        point = "" if r.price_point is None else f'"price_point":{_s(r.price_point)},'
         text = (
             f'{{"data":{{"cached_tokens":{r.cached_tokens},'
             f'"completion_tokens":{r.completion_tokens},"corrects":{_str(r.corrects)},'
@@ -137,8 +142,8 @@ def encode_event(record: UsageRecord) -> tuple[str, str, str]:
             f'"ended_at":{time},"energy_mj":{"null" if energy is None else energy},'
             f'"engine_id":{_s(r.engine_id)},"kind":{_s(r.kind)},'
             f'"kv_mb_s":"{_dec(r.kv_mb_s)}","latency_ms":{r.latency_ms},'
-            f'"model":{_s(r.model)},"precision":{_s(r.precision)},'
-            f'"prefill_us":{r.prefill_us},"price_plan_version":{_s(r.price_plan_version)},'
+            f'"model":{_s(r.model)},{mult}"precision":{_s(r.precision)},'
+            f'"prefill_us":{r.prefill_us},"price_plan_version":{_s(r.price_plan_version)},{point}'
             f'"prompt_tokens":{r.prompt_tokens},"queue_ms":{r.queue_ms},'
             f'"reason":{_str(r.reason)},"record_id":{rid},"request_id":{_s(r.request_id)},'
             f'"ru":"{_micro(ru)}","ru_micros":{ru},'

@@ -5,7 +5,8 @@ quantized to the currency's minor unit, half-up (away from zero), via ``Money.ro
 invoice total is Σ of the rounded line amounts, so the lines always add up to the total
 (GOBL's "currency" model); ``exact_total`` keeps the unrounded sum for audit.
 
-Lines: one per (model, service tier) for usage, and one per (kind, model, tier) for
+Lines: one per (model, service tier, price plan version) for usage, so an invoice spanning a
+plan change shows each version on its own lines, and one per (kind, model, tier, version) for
 corrections (credit, reversal, adjustment), whose costs may be negative. Warmup records never
 appear. A record belongs to the period of its ``ended_at`` (UTC), the CloudEvent's time.
 """
@@ -36,6 +37,7 @@ CSV_COLUMNS = (
     "kind",
     "model",
     "service_tier",
+    "price_plan_version",
     "requests",
     "prompt_tokens",
     "completion_tokens",
@@ -75,6 +77,7 @@ class InvoiceLine:
     ru: Decimal
     exact_amount: Decimal  # Σ record costs, unrounded
     amount: Decimal  # exact_amount rounded once to the minor unit, half-up
+    price_plan_version: str = ""  # the plan version its records were priced with
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,14 @@ def _tally(records: list[UsageRecord]) -> tuple[int, int, int, Decimal, Decimal,
     )
 
 
+def invoice_currency(records: Iterable[UsageRecord], default: str) -> str:
+    """The currency of the first billable record (a tenant's plan sets it), else ``default``."""
+    for r in records:
+        if not r.warmup:
+            return r.currency
+    return default
+
+
 def build_invoice(tenant_id: str, period: str, records: Iterable[UsageRecord], currency: str) -> Invoice:
     """The tenant's invoice for ``period`` ("YYYY-MM") from its records.
 
@@ -115,7 +126,7 @@ def build_invoice(tenant_id: str, period: str, records: Iterable[UsageRecord], c
     another currency, or of an unknown kind, raises InvalidRequest naming the record.
     """
     start, end = period_bounds(period)
-    groups: dict[tuple[str, str, ServiceTier], list[UsageRecord]] = {}
+    groups: dict[tuple[str, str, ServiceTier, str], list[UsageRecord]] = {}
     for r in records:
         if r.warmup or r.tenant_id != tenant_id:
             continue
@@ -134,18 +145,21 @@ def build_invoice(tenant_id: str, period: str, records: Iterable[UsageRecord], c
                 f"{', '.join((USAGE, *CORRECTION_KINDS))}",
                 param="kind",
             )
-        groups.setdefault((r.kind, r.model, ServiceTier(r.service_tier)), []).append(r)
+        key = (r.kind, r.model, ServiceTier(r.service_tier), r.price_plan_version)
+        groups.setdefault(key, []).append(r)
 
-    def order(key: tuple[str, str, ServiceTier]) -> tuple[bool, str, str, str]:
-        kind, model, tier = key
-        return (kind != USAGE, kind, model, tier.value)
+    def order(key: tuple[str, str, ServiceTier, str]) -> tuple[bool, str, str, str, str]:
+        kind, model, tier, version = key
+        return (kind != USAGE, kind, model, tier.value, version)
 
     lines: list[InvoiceLine] = []
     for key in sorted(groups, key=order):
-        kind, model, tier = key
+        kind, model, tier, version = key
         prompt, completion, count, device_ms, ru, exact = _tally(groups[key])
         amount = Money(exact, currency).rounded().amount
-        lines.append(InvoiceLine(kind, model, tier, count, prompt, completion, device_ms, ru, exact, amount))
+        lines.append(
+            InvoiceLine(kind, model, tier, count, prompt, completion, device_ms, ru, exact, amount, version)
+        )
     total = exact_total = Decimal(0)
     for line in lines:
         total = EXACT.add(total, line.amount)
@@ -164,6 +178,7 @@ def _line_fields(line: InvoiceLine, currency: str) -> dict[str, Any]:
         "kind": line.kind,
         "model": line.model,
         "service_tier": line.service_tier.value,
+        "price_plan_version": line.price_plan_version,
         "requests": line.requests,
         "prompt_tokens": line.prompt_tokens,
         "completion_tokens": line.completion_tokens,
@@ -216,6 +231,7 @@ __all__ = [
     "Invoice",
     "InvoiceLine",
     "build_invoice",
+    "invoice_currency",
     "invoice_to_csv",
     "invoice_to_json",
     "period_bounds",

@@ -25,6 +25,10 @@ class Migration:
 _APPEND_ONLY = "the usage ledger is append-only; record a correction as a new reversal or adjustment entry"
 _PUBLIC_LOG_ONLY_ADDED = "the public log only grows: salts, checkpoints and cosignatures are never changed"
 _CHECKPOINTS_ONLY_ADDED = "signed checkpoints are never changed or removed; sign a new one instead"
+_PLANS_ONLY_ADDED = (
+    "price plan versions and assignments are never changed or removed; add a new version or "
+    "assignment that takes effect later"
+)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -144,6 +148,49 @@ MIGRATIONS: tuple[Migration, ...] = (
                 for t in ("log_salts", "log_checkpoints", "log_cosignatures")
                 for op in ("UPDATE", "DELETE")
             ),
+        ),
+    ),
+    Migration(
+        "0005_price_plans",
+        (
+            # billing.plans: immutable versions of each plan, and which tenant is on which
+            # plan from when. Times are ISO 8601 UTC text (core.records.iso): they sort.
+            """CREATE TABLE plan_versions (
+                plan TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                effective_from TEXT NOT NULL,
+                currency TEXT NOT NULL,
+                prices TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (plan, version)
+            )""",
+            """CREATE TABLE plan_assignments (
+                number INTEGER PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants (tenant_id),
+                plan TEXT NOT NULL,
+                effective_from TEXT NOT NULL,
+                created_at TEXT NOT NULL
+            )""",
+            *(
+                f"CREATE TRIGGER {t}_no_{op.lower()} BEFORE {op} ON {t} "
+                f"BEGIN SELECT RAISE(ABORT, '{_PLANS_ONLY_ADDED}'); END"
+                for t in ("plan_versions", "plan_assignments")
+                for op in ("UPDATE", "DELETE")
+            ),
+        ),
+    ),
+    Migration(
+        "0006_rate_limits",
+        (
+            # billing.rate_limits: per-minute limits of a tenant ("tenant:<id>") or a key
+            # ("key:<id>"). Configuration, not the ledger: a row is replaced when it changes.
+            """CREATE TABLE rate_limits (
+                subject TEXT PRIMARY KEY,
+                requests_per_min INTEGER,
+                tokens_per_min INTEGER,
+                ru_per_min TEXT,
+                updated_at TEXT NOT NULL
+            )""",
         ),
     ),
 )

@@ -29,6 +29,11 @@ class PgMigration:
 _APPEND_ONLY = "the usage ledger is append-only; record a correction as a new reversal or adjustment entry"
 _CHECKPOINTS_ONLY_ADDED = "signed checkpoints are never changed or removed; sign a new one instead"
 
+_PLANS_ONLY_ADDED = (
+    "price plan versions and assignments are never changed or removed; add a new version or "
+    "assignment that takes effect later"
+)
+
 
 def _refuse(table: str, message: str) -> tuple[str, ...]:
     """A trigger function and row + TRUNCATE triggers that refuse to change ``table``.
@@ -126,6 +131,41 @@ PG_MIGRATIONS: tuple[PgMigration, ...] = (
             "CREATE INDEX checkpoints_tree_size ON checkpoints (tree_size)",
             *_refuse("checkpoints", _CHECKPOINTS_ONLY_ADDED),
             *_refuse("ledger_log", "the ledger log origin never changes"),
+        ),
+    ),
+    PgMigration(
+        "0005_price_plans",
+        (
+            """CREATE TABLE plan_versions (
+                plan TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                effective_from TEXT NOT NULL,
+                currency TEXT NOT NULL,
+                prices TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                PRIMARY KEY (plan, version)
+            )""",
+            """CREATE TABLE plan_assignments (
+                number BIGSERIAL PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants (tenant_id),
+                plan TEXT NOT NULL,
+                effective_from TEXT NOT NULL,
+                created_at TEXT NOT NULL
+            )""",
+            *_refuse("plan_versions", _PLANS_ONLY_ADDED),
+            *_refuse("plan_assignments", _PLANS_ONLY_ADDED),
+        ),
+    ),
+    PgMigration(
+        "0006_rate_limits",
+        (
+            """CREATE TABLE rate_limits (
+                subject TEXT PRIMARY KEY,
+                requests_per_min BIGINT,
+                tokens_per_min BIGINT,
+                ru_per_min TEXT,
+                updated_at TEXT NOT NULL
+            )""",
         ),
     ),
 )

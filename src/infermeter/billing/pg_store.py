@@ -35,6 +35,20 @@ from infermeter.billing.ledger import (
     verify_entries,
 )
 from infermeter.billing.pg_migrations import pg_migrate
+from infermeter.billing.plans import (
+    ASSIGNMENT_COLUMNS,
+    LIMIT_COLUMNS,
+    VERSION_COLUMNS,
+    PlanAssignment,
+    PlanVersion,
+    assignment_from_row,
+    assignment_row,
+    limits_row,
+    plan_version_taken,
+    version_from_row,
+    version_row,
+)
+from infermeter.billing.rate_limits import Limits, limits_from_row
 from infermeter.billing.sqlite_store import _budget, _budget_text, _dt, _no_tenant, _secret_hash, _time
 from infermeter.billing.store import ApiKey, AppendCallback, AppendResult, Tenant, UsageRow, VerifyReport
 from infermeter.core import ids
@@ -289,6 +303,65 @@ class PgStore:
         where, args = ("WHERE tenant_id = %s", (tenant_id,)) if tenant_id is not None else ("", ())
         sql = f"SELECT {_KEY_COLS} FROM api_keys {where} ORDER BY created_at, key_id"
         return [_key(r) for r in self._rows(sql, args)]
+
+    # price plans (billing.plans) -----------------------------------------------------
+    def add_plan_version(self, version: PlanVersion) -> PlanVersion:
+        def insert(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute("LOCK TABLE plan_versions IN EXCLUSIVE MODE")
+                taken = conn.execute(
+                    "SELECT 1 FROM plan_versions WHERE plan = %s AND version = %s",
+                    (version.plan, version.version),
+                ).fetchone()
+                if taken is not None:
+                    raise plan_version_taken(version)
+                conn.execute(
+                    f"INSERT INTO plan_versions ({VERSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                    version_row(version),
+                )
+
+        self._run_sql(insert)
+        return version
+
+    def list_plan_versions(self) -> list[PlanVersion]:
+        rows = self._rows(f"SELECT {VERSION_COLUMNS} FROM plan_versions ORDER BY plan, version")
+        return [version_from_row(r) for r in rows]
+
+    def add_plan_assignment(self, assignment: PlanAssignment) -> PlanAssignment:
+        def insert(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                known = conn.execute(
+                    "SELECT 1 FROM tenants WHERE tenant_id = %s", (assignment.tenant_id,)
+                ).fetchone()
+                if known is None:
+                    raise _no_tenant(assignment.tenant_id)
+                conn.execute(
+                    f"INSERT INTO plan_assignments ({ASSIGNMENT_COLUMNS}) VALUES (%s, %s, %s, %s)",
+                    assignment_row(assignment),
+                )
+
+        self._run_sql(insert)
+        return assignment
+
+    def list_plan_assignments(self) -> list[PlanAssignment]:
+        rows = self._rows(f"SELECT {ASSIGNMENT_COLUMNS} FROM plan_assignments ORDER BY number")
+        return [assignment_from_row(r) for r in rows]
+
+    def set_rate_limits(self, subject: str, limits: Limits) -> None:
+        def put(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute("DELETE FROM rate_limits WHERE subject = %s", (subject,))
+                if not limits.empty:
+                    conn.execute(
+                        f"INSERT INTO rate_limits ({LIMIT_COLUMNS}, updated_at) VALUES (%s, %s, %s, %s, %s)",
+                        limits_row(subject, limits),
+                    )
+
+        self._run_sql(put)
+
+    def list_rate_limits(self) -> dict[str, Limits]:
+        rows = self._rows(f"SELECT {LIMIT_COLUMNS} FROM rate_limits ORDER BY subject")
+        return {r[0]: limits_from_row(r) for r in rows}
 
     # the ledger: writes -----------------------------------------------------------
     def append(self, records: Sequence[UsageRecord]) -> list[AppendResult]:

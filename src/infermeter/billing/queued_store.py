@@ -18,6 +18,8 @@ from pathlib import Path
 
 from infermeter.billing.outbox import Outbox
 from infermeter.billing.pg_store import PgStore
+from infermeter.billing.plans import PlanAssignment, PlanVersion
+from infermeter.billing.rate_limits import Limits
 from infermeter.billing.relay import Relay
 from infermeter.billing.sqlite_store import PROBE_MIN_FREE
 from infermeter.billing.store import ApiKey, AppendCallback, AppendResult, Tenant, UsageRow, VerifyReport
@@ -93,6 +95,24 @@ class QueuedStore:
 
     def list_keys(self, tenant_id: str | None = None) -> list[ApiKey]:
         return self.pg.list_keys(tenant_id)
+
+    def add_plan_version(self, version: PlanVersion) -> PlanVersion:
+        return self.pg.add_plan_version(version)
+
+    def list_plan_versions(self) -> list[PlanVersion]:
+        return self.pg.list_plan_versions()
+
+    def add_plan_assignment(self, assignment: PlanAssignment) -> PlanAssignment:
+        return self.pg.add_plan_assignment(assignment)
+
+    def list_plan_assignments(self) -> list[PlanAssignment]:
+        return self.pg.list_plan_assignments()
+
+    def set_rate_limits(self, subject: str, limits: Limits) -> None:
+        self.pg.set_rate_limits(subject, limits)
+
+    def list_rate_limits(self) -> dict[str, Limits]:
+        return self.pg.list_rate_limits()
 
     def get_record(self, record_id: str) -> UsageRecord | None:
         return self.pg.get_record(record_id)

@@ -29,6 +29,20 @@ from infermeter.billing.ledger import (
     verify_entries,
 )
 from infermeter.billing.migrations import migrate
+from infermeter.billing.plans import (
+    ASSIGNMENT_COLUMNS,
+    LIMIT_COLUMNS,
+    VERSION_COLUMNS,
+    PlanAssignment,
+    PlanVersion,
+    assignment_from_row,
+    assignment_row,
+    limits_row,
+    plan_version_taken,
+    version_from_row,
+    version_row,
+)
+from infermeter.billing.rate_limits import Limits, limits_from_row
 from infermeter.billing.sqlite_writer import (
     APPEND,
     CALL,
@@ -269,6 +283,60 @@ class SqliteStore:
         where, args = ("WHERE tenant_id = ?", (tenant_id,)) if tenant_id is not None else ("", ())
         sql = f"SELECT {_KEY_COLS} FROM api_keys {where} ORDER BY created_at, key_id"
         return [_key(r) for r in self._read().execute(sql, args)]
+
+    # price plans (billing.plans) ------------------------------------------------
+    def add_plan_version(self, version: PlanVersion) -> PlanVersion:
+        def insert(conn: sqlite3.Connection) -> None:
+            taken = conn.execute(
+                "SELECT 1 FROM plan_versions WHERE plan = ? AND version = ?", (version.plan, version.version)
+            ).fetchone()
+            if taken is not None:
+                raise plan_version_taken(version)
+            conn.execute(
+                f"INSERT INTO plan_versions ({VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                version_row(version),
+            )
+
+        self.write(insert)
+        return version
+
+    def list_plan_versions(self) -> list[PlanVersion]:
+        sql = f"SELECT {VERSION_COLUMNS} FROM plan_versions ORDER BY plan, version"
+        return [version_from_row(r) for r in self._read().execute(sql)]
+
+    def add_plan_assignment(self, assignment: PlanAssignment) -> PlanAssignment:
+        def insert(conn: sqlite3.Connection) -> None:
+            if (
+                conn.execute("SELECT 1 FROM tenants WHERE tenant_id = ?", (assignment.tenant_id,)).fetchone()
+                is None
+            ):
+                raise _no_tenant(assignment.tenant_id)
+            conn.execute(
+                f"INSERT INTO plan_assignments ({ASSIGNMENT_COLUMNS}) VALUES (?, ?, ?, ?)",
+                assignment_row(assignment),
+            )
+
+        self.write(insert)
+        return assignment
+
+    def list_plan_assignments(self) -> list[PlanAssignment]:
+        sql = f"SELECT {ASSIGNMENT_COLUMNS} FROM plan_assignments ORDER BY number"
+        return [assignment_from_row(r) for r in self._read().execute(sql)]
+
+    def set_rate_limits(self, subject: str, limits: Limits) -> None:
+        def put(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM rate_limits WHERE subject = ?", (subject,))
+            if not limits.empty:
+                conn.execute(
+                    f"INSERT INTO rate_limits ({LIMIT_COLUMNS}, updated_at) VALUES (?, ?, ?, ?, ?)",
+                    limits_row(subject, limits),
+                )
+
+        self.write(put)
+
+    def list_rate_limits(self) -> dict[str, Limits]:
+        sql = f"SELECT {LIMIT_COLUMNS} FROM rate_limits ORDER BY subject"
+        return {r[0]: limits_from_row(r) for r in self._read().execute(sql)}
 
     # the ledger: writes -----------------------------------------------------
     def append(self, records: Sequence[UsageRecord]) -> list[AppendResult]:

@@ -12,6 +12,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
+from infermeter.billing.plans import PlanAssignment, PlanVersion
+from infermeter.billing.rate_limits import Limits
 from infermeter.core.records import UsageRecord
 
 
@@ -91,6 +93,22 @@ class Store(Protocol):
         ...
 
     def list_keys(self, tenant_id: str | None = None) -> list[ApiKey]: ...
+
+    # price plans (billing.plans): rows only ever added -------------------------
+    def add_plan_version(self, version: PlanVersion) -> PlanVersion: ...
+
+    def list_plan_versions(self) -> list[PlanVersion]: ...
+
+    def add_plan_assignment(self, assignment: PlanAssignment) -> PlanAssignment: ...
+
+    def list_plan_assignments(self) -> list[PlanAssignment]: ...
+
+    # rate limits (billing.rate_limits): subject "tenant:<id>" or "key:<id>" -> limits
+    def set_rate_limits(self, subject: str, limits: Limits) -> None:
+        """Replace the subject's limits (empty limits remove them)."""
+        ...
+
+    def list_rate_limits(self) -> dict[str, Limits]: ...
 
     # the ledger -----------------------------------------------------------
     def append(self, records: Sequence[UsageRecord]) -> list[AppendResult]:

@@ -11,7 +11,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from infermeter.billing.invoices import build_invoice, invoice_to_csv, invoice_to_json, period_bounds
+from infermeter.billing.invoices import (
+    build_invoice,
+    invoice_currency,
+    invoice_to_csv,
+    invoice_to_json,
+    period_bounds,
+)
 from infermeter.billing.store import Store, Tenant
 from infermeter.config import Settings, load_settings
 from infermeter.core.errors import InvalidRequest, NotFound
@@ -81,6 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "queue": args.queue,
         "max_body_bytes": args.max_body_bytes,
         "graceful_timeout": args.graceful_timeout,
+        "budget_status": args.budget_status,
     }
     if args.no_int8:
         overrides["int8"] = False
@@ -271,7 +278,9 @@ def cmd_invoice(args: argparse.Namespace) -> int:
         store.close()
     from infermeter.billing.pricing import DEFAULT_PLAN
 
-    inv = build_invoice(tenant.tenant_id, args.period, records, DEFAULT_PLAN.currency)
+    inv = build_invoice(
+        tenant.tenant_id, args.period, records, invoice_currency(records, DEFAULT_PLAN.currency)
+    )
     if args.format == "csv":
         sys.stdout.write(invoice_to_csv(inv))
     else:
@@ -306,6 +315,12 @@ def register(sub: Any) -> None:
         type=int,
         dest="max_body_bytes",
         help="refuse request bodies larger than this with a 413 (default 1048576 = 1 MiB)",
+    )
+    p.add_argument(
+        "--budget-status",
+        type=int,
+        dest="budget_status",
+        help="status of an exhausted budget: 402 (default) or 429 (OpenAI's insufficient_quota)",
     )
     p.add_argument(
         "--graceful-timeout",

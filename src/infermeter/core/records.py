@@ -19,7 +19,7 @@ from infermeter.core.types import Phase, Precision, ServiceTier, Status
 CLOUDEVENT_TYPE = "dev.infermeter.usage.v1"
 CLOUDEVENT_SOURCE = "infermeter"
 PLATFORM_TENANT = "platform"  # the tenant of warm-up and other platform-overhead records
-OPTIONAL_FIELDS = frozenset({"stopped_by"})  # encoded only when not None
+OPTIONAL_FIELDS = frozenset({"stopped_by", "price_point", "multiplier"})  # encoded only when not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,9 @@ class UsageRecord:
     energy_mj: int | None = None
     # "budget" when the request's cost cap ended it; only set fields are encoded (see data())
     stopped_by: str | None = None
+    # what priced it (billing.plans): "<plan version>:<tier>:x<multiplier>" and the multiplier
+    price_point: str | None = None
+    multiplier: Decimal | None = None
 
     @property
     def device_ms(self) -> Decimal:
@@ -186,7 +189,7 @@ class UsageRecord:
                 if f.name in data:
                     kwargs[f.name] = None
                 continue
-            if f.name in ("cost", "kv_mb_s", "weighted_device_ms", "dram_score"):
+            if f.name in ("cost", "kv_mb_s", "weighted_device_ms", "dram_score", "multiplier"):
                 value = Decimal(value)
             elif f.name in ("started_at", "ended_at"):
                 value = datetime.fromisoformat(value.replace("Z", "+00:00"))
