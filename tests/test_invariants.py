@@ -11,8 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from infermeter.app.service import Service
 from infermeter.billing.invoices import build_invoice
 from infermeter.billing.pricing import DEFAULT_PLAN
+from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.core.ids import request_id
 from infermeter.core.money import Money
 from infermeter.core.types import ServiceTier
@@ -22,12 +24,12 @@ from infermeter.runtime.worker import GenerationRequest
 from tests.conftest import LiveServer, fake_service
 
 
-def run_requests(svc: object, n: int) -> None:
+def run_requests(svc: Service, n: int) -> None:
     done = threading.Semaphore(0)
-    engine_id = svc.engine_infos()[0].engine_id  # type: ignore[attr-defined]
+    engine_id = svc.engine_infos()[0].engine_id
     for i in range(n):
         svc.worker.submit(
-            GenerationRequest(  # type: ignore[attr-defined]
+            GenerationRequest(
                 request_id=request_id(),
                 tenant_id="t",
                 model="tiny-gpt",
@@ -50,7 +52,7 @@ def test_1_conservation(tmp_path: Path) -> None:
     run_requests(svc, 12)
     svc.stop()
     measured = sum(step.device_us for step in engine.history)
-    store = type(svc.store)(svc.settings.db_path)
+    store = SqliteStore(svc.settings.db_path)
     records = [r for _, r in store.list_records(None, limit=10_000, include_warmup=True)]
     store.close()
     billed = sum(r.device_us for r in records if not r.warmup)
@@ -64,7 +66,7 @@ def test_2_idempotency(fake_server: LiveServer) -> None:
     """Appending a record for a request id twice keeps one entry and returns the first record."""
     store = fake_server.service.store
     resp = fake_server.client().completions.create(model="tiny-gpt", prompt="x", max_tokens=2)
-    first = store.get_record(resp.usage.model_extra["metering"]["record_id"])  # type: ignore[union-attr]
+    first = store.get_record(resp.usage.model_extra["metering"]["record_id"])
     assert first is not None
     from dataclasses import replace
 
@@ -79,7 +81,7 @@ def test_3_durable_before_acknowledged(fake_server: LiveServer) -> None:
     """When the response (or the final stream chunk) arrives, its record is already committed."""
     db = fake_server.service.settings.db_path
     resp = fake_server.client().completions.create(model="tiny-gpt", prompt="x", max_tokens=2)
-    rid = resp.usage.model_extra["metering"]["record_id"]  # type: ignore[union-attr]
+    rid = resp.usage.model_extra["metering"]["record_id"]
     with sqlite3.connect(db) as con:  # a separate connection sees only committed data
         assert con.execute("SELECT count(*) FROM ledger WHERE record_id = ?", (rid,)).fetchone()[0] == 1
     stream = fake_server.client().completions.create(
@@ -87,7 +89,7 @@ def test_3_durable_before_acknowledged(fake_server: LiveServer) -> None:
     )
     for chunk in stream:
         if chunk.usage is not None:
-            rid = chunk.usage.model_extra["metering"]["record_id"]  # type: ignore[union-attr]
+            rid = chunk.usage.model_extra["metering"]["record_id"]
             with sqlite3.connect(db) as con:
                 assert (
                     con.execute("SELECT count(*) FROM ledger WHERE record_id = ?", (rid,)).fetchone()[0] == 1
@@ -116,7 +118,7 @@ def test_5_tamper_evidence(tmp_path: Path) -> None:
     con.execute("UPDATE ledger SET tenant_id = 'someone-else' WHERE seq = 2")
     con.commit()
     con.close()
-    store = type(svc.store)(svc.settings.db_path)
+    store = SqliteStore(svc.settings.db_path)
     report = store.verify()
     store.close()
     assert not report.ok and report.first_bad_seq == 2
@@ -163,7 +165,7 @@ def test_8_every_record_is_recomputable(fake_server: LiveServer) -> None:
 def test_9_tenant_isolation(fake_server: LiveServer) -> None:
     """A tenant key cannot read another tenant's record or admin data; secrets are stored hashed."""
     resp = fake_server.client("beta").completions.create(model="tiny-gpt", prompt="x", max_tokens=1)
-    rid = resp.usage.model_extra["metering"]["record_id"]  # type: ignore[union-attr]
+    rid = resp.usage.model_extra["metering"]["record_id"]
     alpha = {"authorization": f"Bearer {fake_server.keys['alpha']}"}
     assert httpx.get(f"{fake_server.url}/v1/usage/records/{rid}", headers=alpha).status_code == 404
     dump = "\n".join(sqlite3.connect(fake_server.service.settings.db_path).iterdump())

@@ -24,10 +24,11 @@ def assert_error(
     resp: httpx.Response, status: int, *, param: str | None = None, mentions: tuple[str, ...] = ()
 ) -> dict[str, object]:
     assert resp.status_code == status, resp.text
-    err = resp.json()["error"]
+    err: dict[str, object] = resp.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
     if param is not None:
         assert err["param"] == param
+    assert isinstance(err["message"], str)
     for word in mentions:
         assert word in err["message"], err["message"]
     return err

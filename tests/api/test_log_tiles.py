@@ -35,6 +35,7 @@ def test_an_auditor_rebuilds_the_root_from_tiles_and_checks_an_older_checkpoint(
 ) -> None:
     """Checkpoint at 300, then 700: both roots come out of the tiles; full tiles are immutable."""
     svc = fake_server.service
+    assert svc.public_log is not None and svc.log_publisher is not None  # a SQLite ledger publishes
     vkey = httpx.get(f"{fake_server.url}/v1/ledger/key").json()["verifier_key"]
     start = svc.public_log.sync()
     svc.store.append([make_record(i) for i in range(300 - start)])
@@ -108,6 +109,7 @@ def cut_newest(db_path: Path, keep: int) -> None:
 
 def close(svc: Service) -> None:
     svc.store.close()
+    assert svc.public_log is not None
     svc.public_log.close()
     svc.checkpoints.close()
 
@@ -116,6 +118,7 @@ def test_a_witnessed_receipt_verifies_offline_and_a_truncated_log_is_refused(tmp
     """Tenant: receipt + two verifier keys. Then entries are cut: witness refuses, verify names the fork."""
     home = tmp_path / "home"
     first = fake_service(home)
+    assert first.public_log is not None
     log_vkey = first.public_log.active_verifier_key().text()
     close(first)
     witness, url, witness_vkey = serve_witness(tmp_path / "witness", "witness.test/w1", log_vkey)
@@ -139,6 +142,7 @@ def test_a_witnessed_receipt_verifies_offline_and_a_truncated_log_is_refused(tmp
         receipt.write_text(resp.text.replace("extra ", "extra AAAA", 1))
         assert cli(tenant, "receipt", "verify", str(receipt), "--key", log_vkey, check=False).returncode == 1
         live.service.store.append([make_record(i) for i in range(4)])
+        assert live.service.log_publisher is not None
         live.service.log_publisher.tick()
         held = tmp_path / "checkpoint.txt"  # an auditor keeps the cosigned checkpoint
         held.write_bytes(httpx.get(f"{live.url}/log/checkpoint").content)
@@ -157,6 +161,7 @@ def test_a_witnessed_receipt_verifies_offline_and_a_truncated_log_is_refused(tmp
         keep = size - 2
         cut_newest(home / "infermeter.db", keep)
         again = fake_service(home, witnesses=f"{url} {witness_vkey}")
+        assert again.public_log is not None and again.log_publisher is not None
         cp, _ = again.public_log.publish()  # the log signs the shorter tree...
         assert cp.tree_size == keep
         assert not again.log_publisher.submit(again.log_publisher.witnesses[0], cp)  # ...the witness refuses

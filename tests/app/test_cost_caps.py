@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from infermeter.app.cost_caps import DEFAULT_DECODE_US, CostCeilings, Pricer, RequestCap, _SlidingMax
 from infermeter.billing.budgets import Budgets, Grant
 from infermeter.billing.pricing import DEFAULT_PLAN, PricePlan
-from infermeter.core.records import Participant, StepRecord, StepShares
+from infermeter.core.records import Participant, StepRecord, StepShares, UsageRecord
 from infermeter.core.types import ServiceTier
 from infermeter.metering.ru import SEED_TABLE
 from infermeter.runtime.fake_engine import fake_engine_info
@@ -108,6 +108,11 @@ def test_a_caps_running_cost_is_the_records_price(tmp_path: Path) -> None:
         assert cap is not None
         done = threading.Event()
         outcome: list[object] = []
+
+        def finished(o: object) -> None:
+            outcome.append(o)
+            done.set()
+
         svc.worker.submit(
             GenerationRequest(
                 request_id="req",
@@ -117,7 +122,7 @@ def test_a_caps_running_cost_is_the_records_price(tmp_path: Path) -> None:
                 tier=ServiceTier.DEFAULT,
                 prompt_ids=list(b"a prompt of some length"),
                 max_tokens=9,
-                on_finish=lambda o: (outcome.append(o), done.set()),
+                on_finish=finished,
                 cap=cap,
             )
         )
@@ -125,5 +130,6 @@ def test_a_caps_running_cost_is_the_records_price(tmp_path: Path) -> None:
     finally:
         svc.stop()
     [record] = outcome
-    assert record.cost == cap.cost() and record.cost > 0  # type: ignore[attr-defined]
-    assert (cap.prefill_us, cap.decode_us) == (record.prefill_us, record.decode_us)  # type: ignore[attr-defined]
+    assert isinstance(record, UsageRecord)
+    assert record.cost == cap.cost() and record.cost > 0
+    assert (cap.prefill_us, cap.decode_us) == (record.prefill_us, record.decode_us)

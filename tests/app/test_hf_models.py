@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from statistics import median
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -65,7 +65,7 @@ def live() -> Iterator[LiveServer]:
     )
     loaded = [
         LoadedEngine(StepLog(x.engine), x.tokenizer) for x in load_default_engines(settings, CpuStepTimer)
-    ]  # type: ignore[arg-type]
+    ]
     yield from run_server(Service(settings, loaded))
 
 
@@ -140,7 +140,7 @@ def test_metering_conserves_every_steps_device_time(live: LiveServer) -> None:
     chat(live, "default")
     chat(live, "flex")
     svc = live.service
-    measured = sum(sum(w.engine.device_us) for w in svc._engines)  # type: ignore[attr-defined]
+    measured = sum(sum(cast(StepLog, w.engine).device_us) for w in svc._engines)  # live wraps each engine
     records = [r for _, r in svc.store.list_records(None, limit=100_000, include_warmup=True)]
     billed = sum(r.device_us for r in records if not r.warmup)
     warm = sum(r.device_us for r in records if r.warmup)

@@ -6,7 +6,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar, cast
 
 import pytest
 
@@ -26,9 +26,15 @@ from .ledger_records import make_record
 T = TypeVar("T")
 
 
+class LedgerStore(Store, Protocol):
+    """Both ledger stores (SQLite and PostgreSQL) list their leaf hashes too."""
+
+    def leaf_hashes(self, size: int | None = None) -> list[bytes]: ...
+
+
 @pytest.fixture
-def store(any_store: Store) -> Store:
-    return any_store
+def store(any_store: Store) -> LedgerStore:
+    return cast(LedgerStore, any_store)
 
 
 @pytest.fixture
@@ -46,7 +52,7 @@ def log(store: Store, tmp_path: Path) -> Iterator[CheckpointLog]:
     cl.close()
 
 
-def test_a_checkpoint_signs_the_ledgers_merkle_root(store: Store, log: CheckpointLog) -> None:
+def test_a_checkpoint_signs_the_ledgers_merkle_root(store: LedgerStore, log: CheckpointLog) -> None:
     """The checkpoint's root is MTH of the stored leaf hashes, signed by the active key."""
     store.append([make_record(i) for i in range(11)])
     cp, created = log.checkpoint()

@@ -13,6 +13,7 @@ import pytest
 
 from infermeter.cli.calibrate import EngineRunner
 from infermeter.cli.main import main
+from infermeter.core.records import UsageRecord
 from infermeter.core.types import Phase, Precision, ServiceTier
 from infermeter.metering import calibrate as cal
 from infermeter.metering import calibrations
@@ -121,6 +122,11 @@ def test_the_service_uses_the_active_calibration_at_start(tmp_path: Path) -> Non
     try:
         done = threading.Event()
         records: list[object] = []
+
+        def finished(r: object) -> None:
+            records.append(r)
+            done.set()
+
         service.worker.submit(
             GenerationRequest(
                 request_id="r1",
@@ -131,13 +137,14 @@ def test_the_service_uses_the_active_calibration_at_start(tmp_path: Path) -> Non
                 prompt_ids=[1, 2, 3],
                 max_tokens=3,
                 sampling=SamplingParams(temperature=0.0),
-                on_finish=lambda r: (records.append(r), done.set()),
+                on_finish=finished,
             )
         )
         assert done.wait(30)
     finally:
         service.stop()
     record = records[0]
+    assert isinstance(record, UsageRecord)
     assert record.ru_table_version == calibration.version
     fitted = calibration.cost_models[engine.info.engine_id].model.version
     assert record.cost_model_version == fitted

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_calibrate import COST, RATES, SHAPE, FakeRunner  # tests/metering is on sys.path (no package)
 
 from infermeter.cli import calibrate as cli_calibrate
 from infermeter.cli.main import main
@@ -26,6 +25,7 @@ from infermeter.runtime.fake_engine import FakeEngine
 from infermeter.runtime.sampling import SamplingParams
 from infermeter.runtime.worker import GenerationRequest
 from tests.conftest import fake_service
+from tests.metering.test_calibrate import COST, RATES, SHAPE, FakeRunner
 
 ENGINE = FakeEngine(cost=COST).info.engine_id
 
@@ -44,7 +44,13 @@ def _priced(home: Path) -> UsageRecord:
     """One request on a fresh start of the service in ``home``: its usage record."""
     service = fake_service(home, FakeEngine(cost=COST))
     service.start()
-    done, got = threading.Event(), []
+    done = threading.Event()
+    got: list[object] = []
+
+    def finished(r: object) -> None:
+        got.append(r)
+        done.set()
+
     try:
         service.worker.submit(
             GenerationRequest(
@@ -52,7 +58,7 @@ def _priced(home: Path) -> UsageRecord:
                 tenant_id="t", model="tiny-gpt", engine_id=ENGINE,
                 tier=ServiceTier.DEFAULT, prompt_ids=[1, 2, 3], max_tokens=3,
                 sampling=SamplingParams(temperature=0.0),
-                on_finish=lambda r: (got.append(r), done.set()),
+                on_finish=finished,
             )
         )  # fmt: skip
         assert done.wait(30)

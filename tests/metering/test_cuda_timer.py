@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from infermeter.core.errors import ConfigError, EngineError
-from infermeter.metering import cuda_timer
 from infermeter.metering.cuda_timer import CudaEventTimer
 
 
@@ -29,7 +28,7 @@ def test_missing_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     def missing(name: str) -> Any:
         raise ImportError(name)
 
-    monkeypatch.setattr(cuda_timer.importlib, "import_module", missing)
+    monkeypatch.setattr(importlib, "import_module", missing)
     with pytest.raises(ConfigError, match=r"pip install 'infermeter\[torch\]'"):
         CudaEventTimer()
 

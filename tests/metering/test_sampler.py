@@ -27,12 +27,11 @@ MS = 1_000_000  # ns
 
 
 def run(
-    samples: list[Sample], steps: list[tuple[int, int, StepShares]], **kw: int
+    samples: list[Sample], steps: list[tuple[int, int, StepShares]], idle_power_mw: int = 0
 ) -> tuple[list[ClosedWindow], WindowSampler]:
     """Drive a sampler by hand: every step recorded first, then one poll per sample."""
     published: list[ClosedWindow] = []
-    kw.setdefault("idle_power_mw", 0)
-    sampler = WindowSampler(ScriptedSource(samples=samples), published.append, **kw)
+    sampler = WindowSampler(ScriptedSource(samples=samples), published.append, idle_power_mw=idle_power_mw)
     for start, end, shares in steps:
         sampler.record_step(start, end, shares)
     for _ in samples:

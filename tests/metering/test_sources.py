@@ -166,12 +166,11 @@ def test_nvml_without_gpm_meters_energy_only() -> None:
 
 def test_nvml_missing_bindings_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without nvidia-ml-py the error names pip install 'infermeter[gpu]'."""
-    import infermeter.metering.sources as sources
 
     def missing(name: str) -> Any:
         raise ImportError(name)
 
-    monkeypatch.setattr(sources.importlib, "import_module", missing)
+    monkeypatch.setattr(importlib, "import_module", missing)
     with pytest.raises(ConfigError, match=r"pip install 'infermeter\[gpu\]'"):
         NvmlSource(0)
 

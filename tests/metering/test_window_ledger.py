@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import httpx
 
+from infermeter.app.service import Service
 from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.core.records import StepShares
 from infermeter.core.types import ServiceTier
@@ -108,7 +109,7 @@ def test_rows_are_append_only_and_replays_are_idempotent(tmp_path: Path) -> None
     assert conn.execute("SELECT COUNT(*) FROM window_usage").fetchone()[0] == 3
 
 
-def _complete(service: object, prompt: list[int]) -> object:
+def _complete(svc: Service, prompt: list[int]) -> object:
     done = threading.Event()
     result: list[object] = []
 
@@ -116,10 +117,9 @@ def _complete(service: object, prompt: list[int]) -> object:
         result.append(outcome)
         done.set()
 
-    svc = service  # type: ignore[assignment]
-    engine_id = svc.engine_infos()[0].engine_id  # type: ignore[attr-defined]
+    engine_id = svc.engine_infos()[0].engine_id
     svc.worker.submit(
-        GenerationRequest(  # type: ignore[attr-defined]
+        GenerationRequest(
             request_id="req-crash",
             tenant_id="t",
             model="tiny-gpt",
@@ -175,7 +175,8 @@ def test_record_view_joins_window_meters(tmp_path: Path, server_factory: object)
             if view.get("window_count"):
                 break
             time.sleep(0.05)
-        assert isinstance(view.get("window_count"), int) and view["window_count"] >= 1
+        count = view.get("window_count")
+        assert isinstance(count, int) and count >= 1
         assert isinstance(view["energy_mj"], int)
         listed = client.get("/v1/usage/records").json()["data"]
         assert any(r.get("window_count") for r in listed)

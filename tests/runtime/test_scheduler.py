@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from infermeter.core.types import ServiceTier
-from infermeter.runtime.scheduler import FinishReason, Scheduler, SchedulerConfig
+from infermeter.runtime.scheduler import Finished, FinishReason, Scheduler, SchedulerConfig
 
 
-def drive(s: Scheduler, token: int = 7) -> list[object]:
+def drive(s: Scheduler, token: int = 7) -> list[Finished]:
     plan = s.schedule()
     return s.update(plan, {i.request_id: token for i in plan.items if i.samples})
 

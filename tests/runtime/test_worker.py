@@ -27,8 +27,9 @@ class Sink:
         self.steps: list[StepRecord] = []
         self.finished: list[FinishedRequest] = []
 
-    def on_step(self, step: StepRecord, kv_bytes: dict[str, int]) -> None:
+    def on_step(self, step: StepRecord, kv_bytes: dict[str, int]) -> StepShares | None:
         self.steps.append(step)
+        return None
 
     def on_finish(self, finished: FinishedRequest) -> None:
         self.finished.append(finished)

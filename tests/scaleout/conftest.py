@@ -44,6 +44,7 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        assert NATS_SERVER is not None, "the nats_server fixture skips without nats-server"
         self.proc = subprocess.Popen(
             [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)],
             stdout=subprocess.DEVNULL,
