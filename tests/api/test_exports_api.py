@@ -15,7 +15,7 @@ from tests.api.test_usage import spend
 from tests.conftest import LiveServer, fake_service, run_server
 
 
-def export(live: LiveServer, fmt: str, key: str | None = None, **params: object) -> httpx.Response:
+def export(live: LiveServer, fmt: str, key: str | None = None, **params: str | int) -> httpx.Response:
     headers = {"authorization": f"Bearer {key or live.admin_key}"}
     return httpx.get(f"{live.url}/v1/admin/exports/{fmt}", params=params, headers=headers, timeout=30)
 
