@@ -192,4 +192,4 @@ def test_entries_whose_salts_were_removed_fail_verify_without_a_traceback(tmp_pa
     verify = cli(home, "ledger", "verify", "--cosigned", str(held), check=False)
     message = " ".join(verify.stderr.split())
     assert verify.returncode == 1 and "Traceback" not in verify.stderr, verify.stderr
-    assert "only 3 have their public-log salt" in message, message
+    assert "covers 6 entries but only 3 of the ledger's 6 have their public-log salt" in message, message
