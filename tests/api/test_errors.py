@@ -112,3 +112,34 @@ def test_server_keeps_serving_after_bad_input(fake_server: LiveServer) -> None:
     resp = post(fake_server, GOOD)
     assert resp.status_code == 200
     assert resp.json()["usage"]["metering"]["cost"]
+
+
+def test_a_union_field_names_the_limit_of_the_shape_sent(fake_server: LiveServer) -> None:
+    """Five stop sequences: the 400 says at most 4, not "send a string, not list"."""
+    resp = post(fake_server, {**GOOD, "stop": ["a", "b", "c", "d", "e"]})
+    err = assert_error(resp, 400, param="stop", mentions=("at most 4",))
+    assert "not list" not in str(err["message"])
+
+
+def test_an_empty_body_says_so(fake_server: LiveServer) -> None:
+    """No body at all: a 400 saying the body is empty, not "'' is required"."""
+    assert_error(post(fake_server, None, raw=b""), 400, mentions=("body is empty",))
+
+
+def test_a_body_that_is_not_utf8_says_so(fake_server: LiveServer) -> None:
+    """Bytes that are not UTF-8: a 400 naming the byte and its offset, not a guess about nesting."""
+    resp = post(fake_server, None, raw=b'{"model": "tiny-gpt", "x": "\xff"}')
+    assert_error(resp, 400, mentions=("not valid UTF-8", "0xff", "offset 28"))
+
+
+def test_an_integer_too_long_to_read_says_so(fake_server: LiveServer) -> None:
+    """A 5,000-digit max_tokens: a 400 naming the digit limit, not a guess about nesting."""
+    raw = b'{"model": "tiny-gpt", "max_tokens": ' + b"9" * 5000 + b', "messages": []}'
+    assert_error(post(fake_server, None, raw=raw), 400, mentions=("4,300 digits",))
+
+
+def test_a_wrong_method_names_the_allowed_ones(fake_server: LiveServer) -> None:
+    """DELETE on a GET route: a 405 with the Allow header RFC 9110 requires."""
+    resp = httpx.delete(fake_server.url + "/v1/models", timeout=30)
+    assert resp.status_code == 405, resp.text
+    assert "GET" in resp.headers["allow"]

@@ -176,3 +176,25 @@ def test_a_witnessed_receipt_verifies_offline_and_a_truncated_log_is_refused(tmp
     finally:
         witness.terminate()
         witness.wait(10)
+
+
+def test_entries_whose_salts_were_removed_fail_verify_without_a_traceback(tmp_path: Path) -> None:
+    """Salts of the newest entries deleted by hand: `ledger verify --cosigned` exits 1 saying so."""
+    home = tmp_path / "home"
+    svc = fake_service(home)
+    start = svc.public_log.sync()
+    svc.store.append([make_record(i) for i in range(6 - start)])
+    svc.store.flush()
+    cp, _ = svc.public_log.publish()
+    held = tmp_path / "checkpoint.txt"
+    held.write_bytes(svc.public_log.cosigned(cp).encode())
+    close(svc)
+    db = sqlite3.connect(home / "infermeter.db")
+    db.execute("DROP TRIGGER log_salts_no_delete")
+    db.execute("DELETE FROM log_salts WHERE seq >= 3")
+    db.commit()
+    db.close()
+    verify = cli(home, "ledger", "verify", "--cosigned", str(held), check=False)
+    message = " ".join(verify.stderr.split())
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr, verify.stderr
+    assert "covers 6 entries but only 3 of the ledger's 6 have their public-log salt" in message, message

@@ -3,7 +3,10 @@ for anything a client can cause."""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -116,6 +119,40 @@ def _budget_status(request: Request) -> int:
     return int(getattr(settings, "budget_status", 402))
 
 
+def _telling(errors: Sequence[Any]) -> Any:
+    """The error to report: for a value refused by every member of a union (``stop``: a
+    string or a list of at most 4), the member whose shape it had, not the first member."""
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    for other in errors[1:]:
+        other_loc = tuple(other.get("loc", ()))
+        same_field = _loc(other_loc) == _loc(loc) and len(other_loc) == len(loc)
+        if same_field and not str(other.get("type", "")).endswith("_type"):
+            return other
+    return first
+
+
+def _unparsable(body: bytes) -> str:
+    """Why a body that FastAPI could not parse was refused (it raises no JSON error for these)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"the request body is not valid UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start}); "
+            "send JSON encoded as UTF-8"
+        )
+    try:
+        json.loads(text)
+    except RecursionError:
+        pass
+    except ValueError:  # an integer literal past Python's limit on digits (4,300)
+        return (
+            f"the request body holds an integer of more than {sys.get_int_max_str_digits():,} digits, "
+            "which no field accepts; send each number within its field's range"
+        )
+    return "the request body could not be parsed (JSON nested too deeply?); send a flat JSON object"
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(e.InfermeterError)
     async def _known(request: Request, exc: e.InfermeterError) -> JSONResponse:
@@ -135,7 +172,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
+        first = _telling(exc.errors())
         where = _loc(tuple(first.get("loc", ())))
         kind = first.get("type", "")
         if kind == "json_invalid":
@@ -146,6 +183,9 @@ def install(app: FastAPI) -> None:
             return envelope(400, msg, "invalid_request_error", None, "invalid_json")
         if not where and kind in ("model_attributes_type", "dict_type"):
             msg = "the request body is not a JSON object; send one with 'Content-Type: application/json'"
+            return envelope(400, msg, "invalid_request_error", None, "invalid_json")
+        if kind == "missing" and not where:
+            msg = "the request body is empty; send a JSON object with 'Content-Type: application/json'"
             return envelope(400, msg, "invalid_request_error", None, "invalid_json")
         if kind == "missing":
             msg = f"'{where}' is required; add it to the request body"
@@ -168,8 +208,10 @@ def install(app: FastAPI) -> None:
         elif exc.status_code == 405:
             msg = f"{request.method} is not allowed on {request.url.path}"
         elif exc.status_code == 400 and msg == "There was an error parsing the body":
-            msg = "the request body could not be parsed (JSON nested too deeply?); send a flat JSON object"
-        return envelope(exc.status_code, msg, "invalid_request_error", None, None)
+            msg = _unparsable(await request.body())
+        # a 405 names the methods allowed (RFC 9110 §15.5.6: the Allow header is required)
+        headers = dict(exc.headers) if exc.headers else None
+        return envelope(exc.status_code, msg, "invalid_request_error", None, None, headers)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

@@ -61,6 +61,11 @@ def _budget(text: str | None) -> Decimal | None:
     return value
 
 
+def _shown(budget: Decimal | None) -> str | None:
+    """A budget as plain digits (``0.0000001``, never ``1E-7``); None when unlimited."""
+    return None if budget is None else format(budget, "f")
+
+
 def _tenant(store: Store, name: str) -> Tenant:
     tenant = store.find_tenant(name)
     if tenant is None:
@@ -116,7 +121,7 @@ def cmd_tenants_create(args: argparse.Namespace) -> int:
                 "name": tenant.name,
                 "key_id": key.key_id,
                 "api_key": secret,
-                "budget": None if tenant.budget is None else str(tenant.budget),
+                "budget": _shown(tenant.budget),
             }
         )
     else:
@@ -137,7 +142,7 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
                 {
                     "tenant_id": t.tenant_id,
                     "name": t.name,
-                    "budget": None if t.budget is None else str(t.budget),
+                    "budget": _shown(t.budget),
                 }
                 for t in tenants
             ]
@@ -145,7 +150,7 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
         return 0
     table = Table("tenant", "id", "budget")
     for t in tenants:
-        table.add_row(t.name, t.tenant_id, "unlimited" if t.budget is None else str(t.budget))
+        table.add_row(t.name, t.tenant_id, _shown(t.budget) or "unlimited")
     out.print(table)
     return 0
 
@@ -156,7 +161,7 @@ def cmd_tenants_budget(args: argparse.Namespace) -> int:
         tenant = store.set_budget(_tenant(store, args.name).tenant_id, _budget(args.amount))
     finally:
         store.close()
-    shown = "unlimited" if tenant.budget is None else tenant.budget
+    shown = _shown(tenant.budget) or "unlimited"
     out.print(f"budget of {tenant.name}: {shown} (a running server applies it within 5 s)")
     return 0
 

@@ -89,9 +89,15 @@ def cmd_tlog_receipt_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size_of(note: str) -> int:
+    """The tree size a checkpoint note claims (its second line); 0 when it has none."""
+    lines = note.split("\n")
+    return int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else 0
+
+
 def audit_public_log(args: argparse.Namespace) -> LogAudit:
     """Every stored and ``--cosigned`` checkpoint against the ledger rebuilt from its entries."""
-    from infermeter.billing.log_audit import audit
+    from infermeter.billing.log_audit import LogAudit, audit
     from infermeter.billing.public_log import PublicLog
     from infermeter.billing.signing import LedgerKeys
 
@@ -99,8 +105,6 @@ def audit_public_log(args: argparse.Namespace) -> LogAudit:
     witnesses = read_vkeys(args.witness, "--witness")
     required = _required(args, witnesses)
     if settings.db is not None:
-        from infermeter.billing.log_audit import LogAudit
-
         if witnesses:
             raise ConfigError("--witness needs the public C2SP log, which only the SQLite store has for now")
         return LogAudit(True, 0, "public log: none (the PostgreSQL store has no C2SP log yet)")
@@ -112,6 +116,19 @@ def audit_public_log(args: argparse.Namespace) -> LogAudit:
             for cp in plog.checkpoints()
         ]
         notes += [(f"checkpoint file {f}", Path(f).read_text()) for f in args.cosigned or []]
+        # Entries get their salt when the log publishes them (a CLI correction has none yet),
+        # so the tree may be shorter than the ledger; but a checkpoint beyond the salted entries
+        # (and within the ledger) means salts were removed after it was signed.
+        for where, note in notes:
+            covered = _size_of(note)
+            if tree.size < covered <= size:
+                return LogAudit(
+                    False,
+                    0,
+                    f"{where} covers {covered} entries but only {tree.size} of the ledger's {size} "
+                    "have their public-log salt: salts were removed outside the store",
+                    tree.size,
+                )
         return audit(notes, size, tree.root, plog.origin, plog.verifier_keys(), witnesses, required)
     finally:
         plog.close()
