@@ -182,12 +182,14 @@ def test_entries_whose_salts_were_removed_fail_verify_without_a_traceback(tmp_pa
     """Salts of the newest entries deleted by hand: `ledger verify --cosigned` exits 1 saying so."""
     home = tmp_path / "home"
     svc = fake_service(home)
-    start = svc.public_log.sync()
+    public = svc.public_log
+    assert public is not None  # the SQLite store has a public log
+    start = public.sync()
     svc.store.append([make_record(i) for i in range(6 - start)])
     svc.store.flush()
-    cp, _ = svc.public_log.publish()
+    cp, _ = public.publish()
     held = tmp_path / "checkpoint.txt"
-    held.write_bytes(svc.public_log.cosigned(cp).encode())
+    held.write_bytes(public.cosigned(cp).encode())
     close(svc)
     db = sqlite3.connect(home / "infermeter.db")
     db.execute("DROP TRIGGER log_salts_no_delete")
