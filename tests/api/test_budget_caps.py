@@ -202,3 +202,31 @@ def test_a_budget_worth_n_requests_admits_about_n(live: LiveServer) -> None:
         admitted += 1
     assert n - 1 <= admitted <= n
     assert total(records_of(live, tenant_id)) <= one * n
+
+
+def test_concurrent_requests_share_a_small_budget_instead_of_one_holding_it(live: LiveServer) -> None:
+    """2N requests at once against a budget worth N of them: most are admitted, the budget is
+    spent (not stranded in reservations of max_tokens), and never past it by more than a step."""
+    body = {"model": "tiny-gpt", "prompt": "hello there", "max_tokens": 40, "temperature": 0}
+    _, probe = new_tenant(live, "probe-share", None)
+    first = httpx.post(live.url + "/v1/completions", json=body, headers={"authorization": f"Bearer {probe}"})
+    one = Decimal(first.json()["usage"]["metering"]["cost"])
+    n = 6
+    limit = one * n
+    tenant_id, secret = new_tenant(live, "share-six", limit)
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(base_url=live.url, timeout=60) as client:
+            headers = {"authorization": f"Bearer {secret}"}
+            answers = await asyncio.gather(
+                *(client.post("/v1/completions", json=body, headers=headers) for _ in range(2 * n))
+            )
+        return [a.status_code for a in answers]
+
+    statuses = asyncio.run(run())
+    assert set(statuses) <= {200, 402}
+    assert statuses.count(200) >= n  # one request holding all of max_tokens would admit ~2
+    records = records_of(live, tenant_id)
+    slack = sum((one_step_slack(live, r) for r in records), Decimal(0))
+    assert total(records) <= limit + slack
+    assert total(records) >= limit / 2  # most of the budget was usable, not stranded

@@ -5,11 +5,15 @@ per token seen in the engine's last ``WINDOW`` steps of each phase (µs of devic
 prefill token and per decode token: a participant's share of a step divided by its
 tokens; a warm-up step counts its whole time over its tokens). A request's reservation is
 
-    bound = price(RU(prompt_tokens * prefill_ceiling, max_tokens * decode_ceiling))
+    bound(n) = price(RU(prompt_tokens * prefill_ceiling, n * decode_ceiling))
 
-with the same RU table and price plan that price its record, and its minimum is the same
-for the prompt and one token. Before an engine has run a step of a phase, the ceiling is
-``DEFAULT_PREFILL_US`` / ``DEFAULT_DECODE_US`` per token.
+with the same RU table and price plan that price its record. It holds
+``bound(min(max_tokens, RESERVE_FIRST_TOKENS))`` at admission, and its minimum is
+``bound(1)``: the prompt and one token. Holding the first tokens only, not ``max_tokens``,
+lets concurrent requests share a small budget (a request that ends early never held what
+it did not use); a request that needs more grows its cap as below. Before an engine has
+run a step of a phase, the ceiling is ``DEFAULT_PREFILL_US`` / ``DEFAULT_DECODE_US`` per
+token.
 
 **The cap.** A tenant with a limit gets ``min(bound, what is left)`` reserved, admitted
 only if that covers the minimum; the grant is the request's cap. The cap is charged each
@@ -43,6 +47,7 @@ WINDOW = 256  # steps per phase that the ceiling is the maximum over
 DEFAULT_PREFILL_US = 1000.0  # per token, until the engine has run a prefill
 DEFAULT_DECODE_US = 20000.0  # per token, until the engine has run a decode step
 GROWTH = 4  # a cap that would stop asks for this many times its shortfall
+RESERVE_FIRST_TOKENS = 16  # decode tokens a capped request reserves up front (then it grows)
 
 
 class _SlidingMax:
@@ -183,4 +188,12 @@ class RequestCap:
         return True
 
 
-__all__ = ["DEFAULT_DECODE_US", "DEFAULT_PREFILL_US", "WINDOW", "CostCeilings", "Pricer", "RequestCap"]
+__all__ = [
+    "DEFAULT_DECODE_US",
+    "DEFAULT_PREFILL_US",
+    "RESERVE_FIRST_TOKENS",
+    "WINDOW",
+    "CostCeilings",
+    "Pricer",
+    "RequestCap",
+]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from infermeter.app.cost_caps import CostCeilings, Pricer, RequestCap
+from infermeter.app.cost_caps import RESERVE_FIRST_TOKENS, CostCeilings, Pricer, RequestCap
 from infermeter.billing.budgets import Budgets, Grant
 from infermeter.billing.plans import ONE, Quote
 from infermeter.billing.pricing import PricePlan
@@ -331,14 +331,18 @@ class MeteringPipeline:
         max_tokens: int,
         plan: PricePlan | None = None,
     ) -> tuple[Decimal, Decimal]:
-        """(bound, minimum): the request's cost at the per-token ceilings, and the same for
-        its prompt and one token. An upper bound for reservations, never a price. ``plan``:
-        the request's quote (``Quote.price_plan``); the service plan when None."""
+        """(first, minimum): the cost at the per-token ceilings of the prompt and the first
+        ``RESERVE_FIRST_TOKENS`` tokens (at most ``max_tokens``), and the same for the prompt
+        and one token. Upper bounds for reservations, never a price: a capped request holds
+        ``first`` and grows its cap from the tenant's remaining budget as it needs more
+        (``RequestCap.allows``), so concurrent requests do not each hold their whole
+        ``max_tokens`` up front. ``plan``: the request's quote (``Quote.price_plan``); the
+        service plan when None."""
         plan = self.plan if plan is None else plan
         ceilings, pricer = self.ceilings(info.engine_id), Pricer(self.ru_table, plan, info, tier)
         prefill = ceilings.prefill_us(prompt_tokens)
-        bound = pricer.cost(prefill, ceilings.decode_us(max_tokens))
-        return bound, pricer.cost(prefill, ceilings.decode_us(1))
+        first = pricer.cost(prefill, ceilings.decode_us(min(max_tokens, RESERVE_FIRST_TOKENS)))
+        return first, pricer.cost(prefill, ceilings.decode_us(1))
 
     def estimate_cost(
         self, info: EngineInfo, tier: ServiceTier, prompt_tokens: int, max_tokens: int
