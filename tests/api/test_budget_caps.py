@@ -225,8 +225,8 @@ def test_concurrent_requests_share_a_small_budget_instead_of_one_holding_it(live
 
     statuses = asyncio.run(run())
     assert set(statuses) <= {200, 402}
-    assert statuses.count(200) >= n  # one request holding all of max_tokens would admit ~2
+    assert statuses.count(200) >= n
     records = records_of(live, tenant_id)
     slack = sum((one_step_slack(live, r) for r in records), Decimal(0))
     assert total(records) <= limit + slack
-    assert total(records) >= limit / 2  # most of the budget was usable, not stranded
+    assert total(records) >= limit / 2  # usable: reserving all of max_tokens up front spent < half
