@@ -103,6 +103,43 @@ def test_sigterm_drains_at_most_the_graceful_timeout_then_bills_what_is_left_as_
     assert main(["ledger", "verify", "--home", str(home)]) == 0
 
 
+def test_requests_cut_at_the_drain_deadline_get_complete_answers(tmp_path: Path) -> None:
+    """At the deadline the service cancels what is left itself: a non-streaming client gets
+    its JSON (partial text, billed cancelled), a stream its final chunk and [DONE]."""
+    home = tmp_path / "home"
+    key = _home_with_key(home)
+    proc, url = _start(home, "--graceful-timeout", "1")
+    headers = {"authorization": f"Bearer {key}"}
+    answers: dict[str, object] = {}
+
+    def plain() -> None:
+        body = {"model": "tiny-gpt", "prompt": "a", "max_tokens": 8000}
+        answers["plain"] = httpx.post(url + "/v1/completions", json=body, headers=headers, timeout=60)
+
+    def stream() -> None:
+        body = {"model": "tiny-gpt", "prompt": "a", "max_tokens": 8000, "stream": True}
+        with httpx.stream("POST", url + "/v1/completions", json=body, headers=headers, timeout=60) as r:
+            answers["stream"] = [line for line in r.iter_lines() if line]
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (plain, stream)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # both running
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=40) == 0
+    for thread in threads:
+        thread.join(10)
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    assert "Exception in ASGI application" not in output, output
+    resp = answers["plain"]
+    assert isinstance(resp, httpx.Response) and resp.status_code == 200, resp
+    usage = resp.json()["usage"]
+    assert 0 < usage["completion_tokens"] < 8000
+    assert usage["metering"]["status"] == "cancelled"
+    lines = answers["stream"]
+    assert isinstance(lines, list) and lines[-1] == "data: [DONE]"
+
+
 def _ledger_with_tail(home: Path) -> Path:
     """Five entries under a signed checkpoint, then three more after it."""
     db = home / "infermeter.db"

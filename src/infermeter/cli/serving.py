@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from infermeter.app.service import Service
 
 log = logging.getLogger("infermeter.serve")
+CUTOFF_GRACE_S = 5  # after the drain deadline: for cancelled requests to answer and commit
 err = Console(stderr=True, highlight=False)
 
 
@@ -74,13 +76,27 @@ def check_ledger(settings: Settings) -> str:
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, telling the service when shutdown begins (readiness goes 503)."""
 
-    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+    def __init__(self, config: uvicorn.Config, service: Service, drain_s: float) -> None:
         super().__init__(config)
         self.service = service
+        self.drain_s = drain_s
+        self._cutoff: threading.Timer | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.service.begin_drain()
+        if self._cutoff is None:
+            # At the drain deadline the service cancels what is left itself, so each request
+            # ends as a normal response (billed `cancelled`, its record committed) within
+            # CUTOFF_GRACE_S, before uvicorn would cancel the tasks mid-response.
+            self._cutoff = threading.Timer(self.drain_s, self._cut_off)
+            self._cutoff.daemon = True
+            self._cutoff.start()
         super().handle_exit(sig, frame)
+
+    def _cut_off(self) -> None:
+        left = self.service.worker.cancel_all(timeout=CUTOFF_GRACE_S)
+        if left:
+            log.warning("drain deadline: cancelled %d request(s), each billed for the work done", left)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -134,8 +150,10 @@ def run(app: Any, service: Service, settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.graceful_timeout,
+        # uvicorn's own deadline comes CUTOFF_GRACE_S after the service's cut-off, so that the
+        # cancelled requests' responses can finish instead of being cut mid-body
+        timeout_graceful_shutdown=settings.graceful_timeout + CUTOFF_GRACE_S,
         loop=loop,
         http=http,
     )
-    DrainingServer(config, service).run()
+    DrainingServer(config, service, settings.graceful_timeout).run()
