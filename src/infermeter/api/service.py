@@ -14,7 +14,7 @@ from fastapi import Request
 
 if TYPE_CHECKING:
     from infermeter.app.pipeline import MeteringPipeline
-    from infermeter.billing.budgets import Budgets
+    from infermeter.billing.budgets import BudgetBook
     from infermeter.billing.checkpoint_log import CheckpointLog
     from infermeter.billing.log_publisher import LogPublisher
     from infermeter.billing.pricing import PricePlan
@@ -38,7 +38,7 @@ class ServingService(Protocol):
     checkpoints: CheckpointLog
     public_log: PublicLog | None
     log_publisher: LogPublisher | None
-    budgets: Budgets
+    budgets: BudgetBook
     plan: PricePlan
     pipeline: MeteringPipeline
     worker: Worker

@@ -27,7 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 from infermeter.app.cost_caps import CostCeilings, Pricer, RequestCap
-from infermeter.billing.budgets import Budgets, Grant
+from infermeter.billing.budgets import BudgetBook, Grant
 from infermeter.billing.pricing import PricePlan
 from infermeter.billing.store import AppendResult, Store
 from infermeter.core.ids import record_id as new_record_id
@@ -63,7 +63,7 @@ class MeteringPipeline:
     def __init__(
         self,
         store: Store,
-        budgets: Budgets,
+        budgets: BudgetBook,
         plan: PricePlan,
         ru_table: RuTable,
         metrics: Metrics,

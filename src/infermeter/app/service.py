@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
-from infermeter.billing.budgets import Budgets
+from infermeter.billing.budgets import BudgetBook
 from infermeter.billing.checkpoint_log import CheckpointLog, CheckpointScheduler, Transact
 from infermeter.billing.log_publisher import LogPublisher, parse_witnesses
 from infermeter.billing.pricing import DEFAULT_PLAN, PricePlan
@@ -38,7 +38,7 @@ from infermeter.runtime.worker import Worker
 
 from .health import LedgerWatch, fault_message
 from .pipeline import MeteringPipeline
-from .stores import make_checkpoint_log, make_store, uses_postgres
+from .stores import make_budgets, make_checkpoint_log, make_store, uses_postgres
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,9 @@ class Service:
             self.public_log = PublicLog(getattr(self.store, "path", settings.db_path), self.checkpoints.keys)
             self.log_publisher = LogPublisher(self.public_log, parse_witnesses(settings.witnesses))
         limit_default = Decimal(settings.default_budget) if settings.default_budget else None
-        self.budgets = Budgets(spent_of=self.store.spent, limit_of=self._limit_of)
         self._limit_default = limit_default
+        # one process's own budgets on SQLite; shared by every worker on PostgreSQL
+        self.budgets: BudgetBook = make_budgets(settings, self.store, self._limit_of, limit_default)
         self.plan = plan
         # The active calibration (one that passed the MAPE gate or was activated by name),
         # unless the caller chose a table itself; candidates never price anything.
@@ -168,6 +169,7 @@ class Service:
                 steps = self.worker.warmup(info.engine_id, prompt, self.settings.warmup_steps)
                 if self.settings.metering:
                     self.store.append([self.pipeline.warmup_record(info, steps)])
+        self.budgets.start()
         self.pipeline.start()
         self.worker.start()
         if self.sampler is not None:
@@ -228,6 +230,7 @@ class Service:
         if self.window_ledger is not None:
             self.window_ledger.close()
         self.store.flush(timeout=10)
+        self.budgets.close()  # after the flush: every finished request has settled
         if self._checkpointer is not None:
             self._checkpointer.stop(final=True)  # sign what this run appended
             self._checkpointer = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infermeter.billing.ledger import GENESIS_HASH
+from infermeter.billing.pg_budget_schema import BUDGET_STATEMENTS
 from infermeter.core.errors import ConfigError
 from infermeter.core.records import iso, utc_now
 
@@ -128,6 +129,8 @@ PG_MIGRATIONS: tuple[PgMigration, ...] = (
             *_refuse("ledger_log", "the ledger log origin never changes"),
         ),
     ),
+    # shared budgets: accounts, reservations, worker leases (billing.pg_budget_schema)
+    PgMigration("0004_shared_budgets", BUDGET_STATEMENTS),
 )
 
 
