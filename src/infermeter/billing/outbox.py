@@ -194,6 +194,14 @@ class Outbox:
             marks = ",".join("?" * len(record_ids))
             self._write(f"DELETE FROM outbox WHERE record_id IN ({marks})", list(record_ids))
 
+    def tenant_of(self, record_or_request_id: str) -> str | None:
+        """The tenant of a record still here (by record or request id), else None."""
+        rows = self._read(
+            "SELECT event FROM outbox WHERE record_id = ? OR request_id = ? LIMIT 1",
+            (record_or_request_id, record_or_request_id),
+        )
+        return str(_json(rows[0][0])["subject"]) if rows else None
+
     def depth(self) -> int:
         """Rows not yet confirmed in the ledger (published or not)."""
         return int(self._read("SELECT COUNT(*) FROM outbox")[0][0])

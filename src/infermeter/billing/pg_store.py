@@ -424,6 +424,10 @@ class PgStore:
         return self._run_sql(lambda conn: append_entries(conn, entries))
 
     # the ledger: reads -------------------------------------------------------------
+    def in_transit(self, record_or_request_id: str) -> str | None:
+        """None: an append is in the ledger when it returns (no outbox in between)."""
+        return None
+
     def get_record(self, record_id: str) -> UsageRecord | None:
         rows = self._rows("SELECT payload FROM ledger WHERE record_id = %s", (record_id,))
         return record_from_payload(rows[0][0]) if rows else None

@@ -60,6 +60,10 @@ class QueuedStore:
             self.outbox.fault = None
         return self.outbox.fault
 
+    def in_transit(self, record_or_request_id: str) -> str | None:
+        """The tenant of a record in this worker's outbox, not yet seen in the ledger."""
+        return self.outbox.tenant_of(record_or_request_id)
+
     def outbox_depth(self) -> int:
         return self.outbox.depth()
 
@@ -130,8 +134,9 @@ class QueuedStore:
 
     def close(self) -> None:
         """Commit the outbox, stop the relay (unrelayed rows stay on disk), close PostgreSQL."""
+        self.outbox.flush(timeout=10)
+        self.relay.stop()  # before the outbox closes under it
         self.outbox.close()
-        self.relay.stop()
         self.pg.close()
 
 
