@@ -196,7 +196,12 @@ class Service:
             return "the service is starting (warming its engines); retry in a few seconds"
         if self.state in ("draining", "stopped"):
             return f"the service is {self.state} for shutdown; send requests to another instance"
-        return self.health()
+        return self.health() or self.queue_problem()
+
+    def queue_problem(self) -> str | None:
+        """Cluster mode: why the usage queue cannot take more (the outbox at its bound)."""
+        check = getattr(self.store, "queue_problem", None)
+        return None if check is None else check(self.settings.max_outbox)
 
     def check_admission(self) -> None:
         """Raise Unavailable (503) before any work when a request must not be admitted."""

@@ -65,7 +65,21 @@ class QueuedStore:
         return self.outbox.tenant_of(record_or_request_id)
 
     def outbox_depth(self) -> int:
-        return self.outbox.depth()
+        """Records in the outbox not yet seen in the ledger (a counter, no query)."""
+        return self.outbox.rows
+
+    def queue_problem(self, max_outbox: int) -> str | None:
+        """Why this worker should take no new requests: its outbox reached ``max_outbox``
+        (0 = no bound) because NATS, the ingester or PostgreSQL has not drained it."""
+        depth = self.outbox.rows
+        if not max_outbox or depth < max_outbox:
+            return None
+        link = "connected" if self.relay.connected else "NOT connected"
+        return (
+            f"the outbox {self.outbox.path} holds {depth:,} records, at its bound (--max-outbox "
+            f"{max_outbox:,}); the relay is {link} to NATS at {self.relay.url}: start NATS and "
+            "`infermeter ingest`, or raise --max-outbox; send requests to another worker"
+        )
 
     # straight to PostgreSQL --------------------------------------------------------------
     def append(self, records: Sequence[UsageRecord]) -> list[AppendResult]:
