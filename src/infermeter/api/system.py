@@ -89,4 +89,9 @@ def metrics(request: Request, key: ApiKey = Depends(admin_key)) -> Response:
     svc = service_of(request)
     svc.metrics.queue_depth.set(svc.worker.queue_depth())
     svc.metrics.ledger_entries.set(svc.store.ledger_size())
+    store: Any = svc.store
+    if hasattr(store, "relay_lag_s"):  # cluster mode: the worker's side of the usage queue
+        svc.metrics.outbox_records.set(store.outbox_depth())
+        svc.metrics.relay_lag.set(store.relay_lag_s())
+        svc.metrics.relay_connected.set(1 if store.relay.connected else 0)
     return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -207,6 +207,15 @@ class Outbox:
         )
         return str(_json(rows[0][0])["subject"]) if rows else None
 
+    def oldest_end(self) -> float | None:
+        """Unix time at which the oldest record here ended (its event time); None if empty."""
+        rows = self._read("SELECT event FROM outbox ORDER BY n LIMIT 1")
+        if not rows:
+            return None
+        from datetime import datetime
+
+        return datetime.fromisoformat(str(_json(rows[0][0])["time"])).timestamp()
+
     def depth(self) -> int:
         """Rows not yet confirmed in the ledger (published or not)."""
         return int(self._read("SELECT COUNT(*) FROM outbox")[0][0])

@@ -11,6 +11,7 @@ invoices, receipts) once it has been ingested.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -67,6 +68,11 @@ class QueuedStore:
     def outbox_depth(self) -> int:
         """Records in the outbox not yet seen in the ledger (a counter, no query)."""
         return self.outbox.rows
+
+    def relay_lag_s(self) -> float:
+        """Seconds since the oldest outbox record's request ended; 0.0 when the outbox is empty."""
+        oldest = self.outbox.oldest_end()
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
     def queue_problem(self, max_outbox: int) -> str | None:
         """Why this worker should take no new requests: its outbox reached ``max_outbox``
