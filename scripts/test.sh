@@ -3,7 +3,8 @@
 #   - a virtual environment in .venv with infermeter and its test extras (and PyTorch's CPU
 #     build where one lies on local disk, with the transformers backend and SmolLM2 then);
 #   - where apt-get is available and we are root: Debian's chromium (dashboard tests with
-#     Playwright) and prometheus (a real server scrapes /metrics). Without them those tests
+#     Playwright), prometheus (a real server scrapes /metrics), nginx and nats-server (the
+#     scale-out tests: tests/scaleout/test_nginx.py). Without them those tests
 #     skip with the reason; everything else still runs.
 # Extra arguments go to pytest.
 set -euo pipefail
@@ -30,6 +31,9 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   need=()
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+  # the scale-out tests: nginx in front of two workers, and a private JetStream server
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
   if [ ${#need[@]} -gt 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}") \
       >/tmp/infermeter-apt.log 2>&1 || echo "note: could not install ${need[*]} (see /tmp/infermeter-apt.log); their tests will skip"

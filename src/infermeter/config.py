@@ -24,6 +24,7 @@ class Settings:
     int8: bool = True  # build and serve the INT8 economy engine for service_tier=flex
     model_dir: str | None = None  # also serve this user model (Optimum export directory)
     intra_op_threads: int = 0  # 0 = onnxruntime's default (all cores)
+    device: str | None = None  # serve only this device's engines: cpu | cuda:N; None = every engine
     warmup_steps: int = 4
     # scheduler
     max_batch: int = 16
@@ -37,6 +38,7 @@ class Settings:
     synchronous: str = "FULL"  # SQLite synchronous mode for the ledger
     db: str | None = None  # billing database URL: postgresql://…; None = the SQLite file in home
     queue: str | None = None  # usage queue URL (nats://…): cluster mode, with a PostgreSQL db
+    max_outbox: int = 100_000  # cluster mode: not ready (503) at this many unconfirmed records; 0 = no bound
     default_budget: str | None = None  # per-tenant spend limit for new tenants; None = unlimited
     sampler: str = "none"  # window sampler source: none | scripted | nvml | dcgm
     window_ms: int = 100  # sampler window length (GPM needs >= 100 ms)
@@ -84,6 +86,14 @@ def _coerce(name: str, raw: str, default: Any) -> Any:
     return raw
 
 
+def cuda_index(device: str) -> int | None:
+    """N of "cuda:N" ("cuda" is cuda:0); None for anything else."""
+    if device == "cuda":
+        return 0
+    head, _, index = device.partition(":")
+    return int(index) if head == "cuda" and index.isdigit() else None
+
+
 def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Settings:
     """Defaults, then ``INFERMETER_*`` variables, then explicit overrides (flags) that are not None."""
     env = dict(os.environ) if env is None else env
@@ -123,6 +133,15 @@ def load_settings(overrides: dict[str, Any] | None = None, env: dict[str, str] |
         raise ConfigError(
             f"budget_status={settings.budget_status} must be 402 (the default) or 429 "
             "(OpenAI's insufficient_quota convention)"
+        )
+    if settings.device is not None and cuda_index(settings.device) is None and settings.device != "cpu":
+        raise ConfigError(
+            f"device={settings.device!r} is not a device; use cpu or cuda:N (N = 0, 1, … as "
+            "nvidia-smi numbers the GPUs), one worker per device"
+        )
+    if settings.max_outbox < 0:
+        raise ConfigError(
+            f"max_outbox={settings.max_outbox} must be >= 0 (100000 is the default; 0 = no bound)"
         )
     if settings.max_body_bytes < 1:
         raise ConfigError(

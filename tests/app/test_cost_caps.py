@@ -103,7 +103,7 @@ def test_a_caps_running_cost_is_the_records_price(tmp_path: Path) -> None:
     svc.start()
     try:
         info = svc.engine_infos()[0]
-        svc.budgets.reserve("t", "req", Decimal(1))
+        svc.budgets.reserve_up_to("t", "req", Decimal(1), Decimal(1))
         cap = svc.pipeline.cost_cap("req", info, ServiceTier.DEFAULT, Grant(Decimal(1), True))
         assert cap is not None
         done = threading.Event()

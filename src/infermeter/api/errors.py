@@ -165,7 +165,8 @@ def install(app: FastAPI) -> None:
             if isinstance(exc, cls):
                 if status >= 500:
                     log.warning("%s: %s", type(exc).__name__, exc.message)
-                retry = {"retry-after": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+                after = getattr(exc, "retry_after_s", None)  # Overloaded (429), NotYet (404)
+                retry = {"retry-after": str(after)} if after is not None else None
                 return envelope(status, exc.message, type_, exc.param, exc.code, retry)
         log.error("unmapped %s: %s", type(exc).__name__, exc.message)
         return envelope(500, exc.message, "server_error", exc.param, exc.code)

@@ -27,8 +27,8 @@ from infermeter.billing.corrections import issue_correction
 from infermeter.billing.ledger import leaf_hash
 from infermeter.billing.receipts import build_receipt
 from infermeter.billing.signing import key_document
-from infermeter.billing.store import ApiKey
-from infermeter.core.errors import InvalidRequest, LedgerIntegrityError, NotFound
+from infermeter.billing.store import ApiKey, Store
+from infermeter.core.errors import InvalidRequest, LedgerIntegrityError, NotFound, NotYet
 from infermeter.core.money import format_decimal, micros_to_decimal
 
 router = APIRouter()
@@ -111,6 +111,20 @@ def consistency(
     }
 
 
+RECEIPT_RETRY_S = 1  # a record usually reaches the ledger well within a second of its response
+
+
+def _not_yet(store: Store, record_id: str, key: ApiKey) -> None:
+    """Raise NotYet (404 + Retry-After) for a record of this tenant still on its way."""
+    tenant = store.in_transit(record_id)
+    if tenant is not None and (key.admin or tenant == key.tenant_id):
+        raise NotYet(
+            f"usage record {record_id!r} is billed and durable on the worker that served it but "
+            f"not in the ledger yet, so it has no receipt; retry in {RECEIPT_RETRY_S} s",
+            retry_after_s=RECEIPT_RETRY_S,
+        )
+
+
 @router.get("/v1/receipts/{record_id}", response_model=None)
 def receipt(
     request: Request,
@@ -123,6 +137,8 @@ def receipt(
     """The record, its leaf index, its inclusion proof and a signed checkpoint that covers it."""
     log = _log(request)
     entry = log.entry(record_id)
+    if entry is None:
+        _not_yet(service_of(request).store, record_id, key)
     if entry is None or (not key.admin and entry.tenant_id != key.tenant_id):
         raise NotFound(f"no usage record {record_id!r} for this tenant; list yours at /v1/usage/records")
     if format == "tlog-proof" or (format is None and "tlog-proof" in request.headers.get("accept", "")):

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from infermeter.app.limits import RateLimits
     from infermeter.app.pipeline import MeteringPipeline
     from infermeter.app.prices import Prices
-    from infermeter.billing.budgets import Budgets
+    from infermeter.billing.budgets import BudgetBook
     from infermeter.billing.checkpoint_log import CheckpointLog
     from infermeter.billing.log_publisher import LogPublisher
     from infermeter.billing.pricing import PricePlan
@@ -40,7 +40,7 @@ class ServingService(Protocol):
     checkpoints: CheckpointLog
     public_log: PublicLog | None
     log_publisher: LogPublisher | None
-    budgets: Budgets
+    budgets: BudgetBook
     plan: PricePlan
     prices: Prices
     rate_limits: RateLimits

@@ -12,6 +12,7 @@ from infermeter.api.admin import admin_key
 from infermeter.api.completions import api_key
 from infermeter.api.service import ServingService, service_of
 from infermeter.billing.store import ApiKey
+from infermeter.core.errors import Unavailable
 
 router = APIRouter()
 
@@ -45,12 +46,20 @@ def models(request: Request, key: ApiKey = Depends(api_key)) -> dict[str, Any]:
 
 def _probe(svc: ServingService, problem: str | None) -> JSONResponse:
     """200 with the status, or 503 whose ``error`` names the cause (OpenAI's envelope)."""
+    try:
+        entries: int | None = svc.store.ledger_size()
+    except Unavailable:  # cluster mode with PostgreSQL down: the worker may still serve
+        entries = None
     body: dict[str, Any] = {
         "status": "ok" if problem is None else ("unhealthy" if svc.health() else svc.state),
         "state": svc.state,
         "engines": [e.engine_id for e in svc.engine_infos()],
-        "ledger_entries": svc.store.ledger_size(),
+        "ledger_entries": entries,
     }
+    depth = getattr(svc.store, "outbox_depth", None)
+    if depth is not None:  # cluster mode: the usage queue
+        relay = getattr(svc.store, "relay", None)
+        body["queue"] = {"outbox": depth(), "relay_connected": bool(getattr(relay, "connected", False))}
     if problem is None:
         return JSONResponse(body)
     code = "ledger_unavailable" if svc.health() else "unavailable"
@@ -80,4 +89,9 @@ def metrics(request: Request, key: ApiKey = Depends(admin_key)) -> Response:
     svc = service_of(request)
     svc.metrics.queue_depth.set(svc.worker.queue_depth())
     svc.metrics.ledger_entries.set(svc.store.ledger_size())
+    store: Any = svc.store
+    if hasattr(store, "relay_lag_s"):  # cluster mode: the worker's side of the usage queue
+        svc.metrics.outbox_records.set(store.outbox_depth())
+        svc.metrics.relay_lag.set(store.relay_lag_s())
+        svc.metrics.relay_connected.set(1 if store.relay.connected else 0)
     return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

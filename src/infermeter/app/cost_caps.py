@@ -36,7 +36,7 @@ import math
 from collections import deque
 from decimal import Decimal
 
-from infermeter.billing.budgets import Budgets
+from infermeter.billing.budgets import BudgetBook
 from infermeter.billing.pricing import PricePlan
 from infermeter.core.records import StepRecord, StepShares
 from infermeter.core.types import ServiceTier
@@ -154,7 +154,7 @@ class RequestCap:
     )
 
     def __init__(
-        self, request_id: str, amount: Decimal, pricer: Pricer, ceilings: CostCeilings, budgets: Budgets
+        self, request_id: str, amount: Decimal, pricer: Pricer, ceilings: CostCeilings, budgets: BudgetBook
     ) -> None:
         self.request_id = request_id
         self.amount = amount  # the reservation this request holds

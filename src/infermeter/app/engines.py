@@ -10,7 +10,10 @@ At ``serve``:
    is stale or foreign is skipped with a warning naming its rebuild command.
 3. Each engine is loaded with its model's tokenizer and its record's profiles and limits;
    CUDA engines get a CUDA-event step timer on their own stream.
-4. Models added with ``infermeter models add`` are served like any indexed engine: the
+4. ``settings.device`` (``serve --device``) keeps one device's engines: ``cpu``, or
+   ``cuda:N``, which also sets ``CUDA_VISIBLE_DEVICES`` to GPU N before any CUDA runtime
+   loads, so the worker's "cuda" is that GPU (one worker per device, any number per host).
+5. Models added with ``infermeter models add`` are served like any indexed engine: the
    ``transformers`` backend's engines run through ``HFEngine``, and every added model's
    chat requests use the model's own chat template (``TransformersTokenizer``). An economy
    engine that failed its drift/speed gate (``options.gate``) and was not forced is kept out.
@@ -19,11 +22,12 @@ At ``serve``:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, MutableMapping
 from dataclasses import replace
 from typing import Any
 
-from infermeter.config import Settings
+from infermeter.config import Settings, cuda_index
 from infermeter.core.errors import ConfigError, StaleEngine
 from infermeter.core.timing import NullTimer, StepTimer
 from infermeter.core.types import Precision
@@ -45,12 +49,40 @@ log = logging.getLogger(__name__)
 DEFAULT_BACKEND = "onnxruntime"
 
 
+def pin_device(device: str, env: MutableMapping[str, str] | None = None) -> str:
+    """ "cpu" or "cuda" (the engines' device) for ``--device``; for cuda:N, make GPU N the
+    only one this process sees (N counts within an existing CUDA_VISIBLE_DEVICES)."""
+    if device == "cpu":
+        return "cpu"
+    if env is None:
+        env = os.environ
+    index = cuda_index(device)
+    assert index is not None  # load_settings validated it
+    visible = [v for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if visible and index >= len(visible):
+        raise ConfigError(
+            f"--device {device}: CUDA_VISIBLE_DEVICES={','.join(visible)} shows {len(visible)} GPU(s); "
+            f"pick cuda:0 … cuda:{len(visible) - 1} or unset CUDA_VISIBLE_DEVICES"
+        )
+    env["CUDA_VISIBLE_DEVICES"] = visible[index] if visible else str(index)
+    return "cuda"
+
+
 def load_default_engines(settings: Settings, timer_factory: Callable[[], StepTimer]) -> list[LoadedEngine]:
     """The engines ``serve`` runs, each with its tokenizer (see the module docstring)."""
     store = EngineStore(settings.home)
     try:
-        wanted = ensure_default_engines(store, settings)
+        device = None if settings.device is None else pin_device(settings.device)
+        # the built-in ONNX Runtime engines run on the CPU: a GPU worker serves indexed engines only
+        wanted = ensure_default_engines(store, settings) if device in (None, "cpu") else []
         records = wanted + [r for r in servable(store) if r.sha256 not in {w.sha256 for w in wanted}]
+        records = [r for r in records if device is None or r.device == device]
+        if not records:
+            raise ConfigError(
+                f"--device {settings.device}: the engine index has no engine for {device}; build one, "
+                f"e.g. `infermeter engines build --backend torch --device cuda`, or list them with "
+                "`infermeter engines list`"
+            )
         records = _newest_per_kind([r for r in records if gate_refusal(r) is None])
         added = {m.name for m in store.models()}
         loaded = []

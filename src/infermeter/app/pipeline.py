@@ -27,7 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 from infermeter.app.cost_caps import RESERVE_FIRST_TOKENS, CostCeilings, Pricer, RequestCap
-from infermeter.billing.budgets import Budgets, Grant
+from infermeter.billing.budgets import BudgetBook, Grant
 from infermeter.billing.plans import ONE, Quote
 from infermeter.billing.pricing import PricePlan
 from infermeter.billing.store import AppendResult, Store
@@ -64,7 +64,7 @@ class MeteringPipeline:
     def __init__(
         self,
         store: Store,
-        budgets: Budgets,
+        budgets: BudgetBook,
         plan: PricePlan,
         ru_table: RuTable,
         metrics: Metrics,

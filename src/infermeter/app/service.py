@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
-from infermeter.billing.budgets import Budgets
+from infermeter.billing.budgets import BudgetBook
 from infermeter.billing.checkpoint_log import CheckpointLog, CheckpointScheduler, Transact
 from infermeter.billing.log_publisher import LogPublisher, parse_witnesses
 from infermeter.billing.pricing import DEFAULT_PLAN, PricePlan
@@ -40,7 +40,7 @@ from .health import LedgerWatch, fault_message
 from .limits import RateLimits
 from .pipeline import MeteringPipeline
 from .prices import Prices
-from .stores import make_checkpoint_log, make_store, uses_postgres
+from .stores import make_budgets, make_checkpoint_log, make_store, uses_postgres
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,9 @@ class Service:
             self.public_log = PublicLog(getattr(self.store, "path", settings.db_path), self.checkpoints.keys)
             self.log_publisher = LogPublisher(self.public_log, parse_witnesses(settings.witnesses))
         limit_default = Decimal(settings.default_budget) if settings.default_budget else None
-        self.budgets = Budgets(spent_of=self.store.spent, limit_of=self._limit_of)
         self._limit_default = limit_default
+        # one process's own budgets on SQLite; shared by every worker on PostgreSQL
+        self.budgets: BudgetBook = make_budgets(settings, self.store, self._limit_of, limit_default)
         self.plan = plan
         self.prices = Prices(self.store, plan)  # per-tenant plan versions (billing.plans)
         self.rate_limits = RateLimits(self.store)  # per tenant and key (billing.rate_limits)
@@ -172,6 +173,7 @@ class Service:
                 steps = self.worker.warmup(info.engine_id, prompt, self.settings.warmup_steps)
                 if self.settings.metering:
                     self.store.append([self.pipeline.warmup_record(info, steps)])
+        self.budgets.start()
         self.pipeline.start()
         self.worker.start()
         if self.sampler is not None:
@@ -198,7 +200,12 @@ class Service:
             return "the service is starting (warming its engines); retry in a few seconds"
         if self.state in ("draining", "stopped"):
             return f"the service is {self.state} for shutdown; send requests to another instance"
-        return self.health()
+        return self.health() or self.queue_problem()
+
+    def queue_problem(self) -> str | None:
+        """Cluster mode: why the usage queue cannot take more (the outbox at its bound)."""
+        check = getattr(self.store, "queue_problem", None)
+        return None if check is None else check(self.settings.max_outbox)
 
     def check_admission(self) -> None:
         """Raise Unavailable (503) before any work when a request must not be admitted."""
@@ -232,6 +239,7 @@ class Service:
         if self.window_ledger is not None:
             self.window_ledger.close()
         self.store.flush(timeout=10)
+        self.budgets.close()  # after the flush: every finished request has settled
         if self._checkpointer is not None:
             self._checkpointer.stop(final=True)  # sign what this run appended
             self._checkpointer = None

@@ -11,8 +11,11 @@ The PostgreSQL modules (and psycopg) are imported only when a PostgreSQL URL is 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
+from infermeter.billing.budgets import BudgetBook, Budgets
 from infermeter.billing.checkpoint_log import CheckpointLog
 from infermeter.billing.signing import LedgerKeys
 from infermeter.billing.store import Store
@@ -55,6 +58,21 @@ def make_store(settings: Settings) -> Store:
     return SqliteStore(settings.db_path, synchronous=settings.synchronous)
 
 
+def make_budgets(
+    settings: Settings,
+    store: Store,
+    limit_of: Callable[[str], Decimal | None],
+    default_limit: Decimal | None,
+) -> BudgetBook:
+    """Budgets shared by every worker on PostgreSQL (``billing.pg_budgets``), else this
+    process's own (``billing.budgets``)."""
+    if settings.db is None:
+        return Budgets(spent_of=store.spent, limit_of=limit_of)
+    from infermeter.billing.pg_budgets import PgBudgets, worker_name
+
+    return PgBudgets(settings.db, worker_name(settings.port), default_limit=default_limit)
+
+
 def make_checkpoint_log(settings: Settings, keys: LedgerKeys, store: Store | None = None) -> CheckpointLog:
     """The checkpoint log over the same database (``store`` gives the SQLite file if passed)."""
     if settings.db is not None:
@@ -72,4 +90,4 @@ def make_checkpoint_log(settings: Settings, keys: LedgerKeys, store: Store | Non
     return CheckpointLog(path, keys)
 
 
-__all__ = ["make_checkpoint_log", "make_store", "uses_postgres"]
+__all__ = ["make_budgets", "make_checkpoint_log", "make_store", "uses_postgres"]

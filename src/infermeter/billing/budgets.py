@@ -14,9 +14,11 @@ Design: embedded, single process. A tenant's spent total is loaded once from the
 billed record of this process passes through ``settle``, and every correction issued by
 this process through ``adjust`` (its delta applied under the lock: re-reading spent would
 miss or double-count records between their ledger append and their settle). A limit
-changed elsewhere (the CLI) is re-read at most ``limit_ttl_s`` after the change. The
-PostgreSQL path does the same check in one conditional UPDATE per budget row, so several
-processes can share a limit.
+changed elsewhere (the CLI) is re-read at most ``limit_ttl_s`` after the change.
+
+``BudgetBook`` is the interface the service uses; ``Budgets`` implements it for one process.
+On PostgreSQL, ``billing.pg_budgets.PgBudgets`` implements it with the accounts and
+reservations in the database, so several processes share one limit.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Protocol
 
 from infermeter.core.errors import BudgetExceeded, InvalidRequest
 from infermeter.core.money import format_decimal, to_decimal
@@ -49,6 +52,43 @@ class Grant:
 
     amount: Decimal
     capped: bool
+
+
+class BudgetBook(Protocol):
+    """Reserve at admission, extend for a running cap, settle or release at the end."""
+
+    def reserve_up_to(self, tenant_id: str, request_id: str, amount: Decimal, minimum: Decimal) -> Grant: ...
+
+    def extend(self, request_id: str, want: Decimal, minimum: Decimal) -> Decimal: ...
+
+    def settle(self, request_id: str, actual: Decimal) -> bool: ...
+
+    def release(self, request_id: str) -> bool: ...
+
+    def adjust(self, tenant_id: str, delta: Decimal) -> None: ...
+
+    def snapshot(self, tenant_id: str) -> tuple[Decimal | None, Decimal, Decimal]: ...
+
+    def refresh(self, tenant_id: str, *, spent: bool = False) -> None: ...
+
+    def reserved_for(self, request_id: str) -> Decimal | None: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def exceeded(
+    tenant_id: str, limit: Decimal, spent: Decimal, reserved: Decimal, minimum: Decimal
+) -> BudgetExceeded:
+    """The 402 for a request whose minimum (its prompt and one token) does not fit."""
+    return BudgetExceeded(
+        f"tenant {tenant_id} budget exceeded: limit {format_decimal(limit)}, "
+        f"spent {format_decimal(spent)}, reserved (in flight) "
+        f"{format_decimal(reserved)}, this request needs at least "
+        f"{format_decimal(minimum)} (its prompt and one token). Ask an admin to "
+        "raise the budget, wait for in-flight requests to finish, or shorten the prompt"
+    )
 
 
 def _amount(value: Decimal, what: str) -> Decimal:
@@ -145,13 +185,7 @@ class Budgets:
             if limit is not None:
                 left = limit - account.spent - account.reserved
                 if left < minimum:
-                    raise BudgetExceeded(
-                        f"tenant {tenant_id} budget exceeded: limit {format_decimal(limit)}, "
-                        f"spent {format_decimal(account.spent)}, reserved (in flight) "
-                        f"{format_decimal(account.reserved)}, this request needs at least "
-                        f"{format_decimal(minimum)} (its prompt and one token). Ask an admin to "
-                        "raise the budget, wait for in-flight requests to finish, or shorten the prompt"
-                    )
+                    raise exceeded(tenant_id, limit, account.spent, account.reserved, minimum)
                 granted = min(amount, left)
             account.reserved += granted
             self._reservations[request_id] = (tenant_id, granted)
@@ -265,5 +299,11 @@ class Budgets:
             held = self._reservations.get(request_id)
             return None if held is None else held[1]
 
+    def start(self) -> None:
+        """Nothing to start: one process, all in memory."""
 
-__all__ = ["FINISHED_MEMORY", "Budgets", "Grant"]
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+__all__ = ["FINISHED_MEMORY", "BudgetBook", "Budgets", "Grant", "exceeded"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,8 +53,12 @@ class Ingester:
         batch: int = 1000,
         fetch_timeout_s: float = 1.0,
         retry_s: float = 1.0,
+        on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self.store = store
+        # after each committed batch: (records, new entries, seconds from the oldest
+        # record's request end to the commit), e.g. observability.metrics.IngestMetrics.observe
+        self.on_batch = on_batch
         self.url = url
         self.batch = batch
         self.fetch_timeout_s = fetch_timeout_s
@@ -119,6 +124,9 @@ class Ingester:
         if keep:
             await keep[-1].ack_sync(timeout=10)
         created = sum(r.created for r in results)
+        if self.on_batch is not None and entries:
+            oldest = min(e.record.ended_at for e in entries)
+            self.on_batch(len(entries), created, time.time() - oldest.timestamp())
         self.stats.batches += 1
         self.stats.received += len(msgs)
         self.stats.created += created

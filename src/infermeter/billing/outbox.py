@@ -62,6 +62,8 @@ class Outbox:
         for statement in _SCHEMA:
             conn.execute(statement)
         self._conn = conn
+        # rows here (published or not), kept without a COUNT(*): readiness asks per request
+        self.rows = int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         self._read_lock = threading.Lock()
         self._reader = self._connect()
         self._queue: SimpleQueue[Any] = SimpleQueue()
@@ -152,6 +154,7 @@ class Outbox:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self.rows += sum(r.created for r in out)
         return out
 
     # the relay's side ------------------------------------------------------------------
@@ -159,9 +162,9 @@ class Outbox:
         with self._read_lock:
             return self._reader.execute(sql, args).fetchall()
 
-    def _write(self, sql: str, args: Sequence[Any]) -> None:
+    def _write(self, sql: str, args: Sequence[Any]) -> int:
         with self._read_lock:
-            self._reader.execute(sql, args)
+            return int(self._reader.execute(sql, args).rowcount)
 
     def unpublished(self, limit: int) -> list[OutboxRow]:
         """The oldest rows not yet acknowledged by the stream."""
@@ -192,7 +195,26 @@ class Outbox:
         """Delete rows whose records the ledger holds."""
         if record_ids:
             marks = ",".join("?" * len(record_ids))
-            self._write(f"DELETE FROM outbox WHERE record_id IN ({marks})", list(record_ids))
+            gone = self._write(f"DELETE FROM outbox WHERE record_id IN ({marks})", list(record_ids))
+            with self._lock:
+                self.rows -= gone
+
+    def tenant_of(self, record_or_request_id: str) -> str | None:
+        """The tenant of a record still here (by record or request id), else None."""
+        rows = self._read(
+            "SELECT event FROM outbox WHERE record_id = ? OR request_id = ? LIMIT 1",
+            (record_or_request_id, record_or_request_id),
+        )
+        return str(_json(rows[0][0])["subject"]) if rows else None
+
+    def oldest_end(self) -> float | None:
+        """Unix time at which the oldest record here ended (its event time); None if empty."""
+        rows = self._read("SELECT event FROM outbox ORDER BY n LIMIT 1")
+        if not rows:
+            return None
+        from datetime import datetime
+
+        return datetime.fromisoformat(str(_json(rows[0][0])["time"])).timestamp()
 
     def depth(self) -> int:
         """Rows not yet confirmed in the ledger (published or not)."""

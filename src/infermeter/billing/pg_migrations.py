@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infermeter.billing.ledger import GENESIS_HASH
+from infermeter.billing.pg_budget_schema import BUDGET_STATEMENTS
 from infermeter.core.errors import ConfigError
 from infermeter.core.records import iso, utc_now
 
@@ -168,6 +169,8 @@ PG_MIGRATIONS: tuple[PgMigration, ...] = (
             )""",
         ),
     ),
+    # shared budgets: accounts, reservations, worker leases (billing.pg_budget_schema)
+    PgMigration("0007_shared_budgets", BUDGET_STATEMENTS),
 )
 
 

@@ -141,6 +141,7 @@ def append_entries(conn: psycopg.Connection[Any], entries: Sequence[PreparedEntr
             conn.execute(
                 "UPDATE ledger_head SET size = %s, head = %s WHERE id = 0", (size + len(rows), last.hex())
             )
+            _charge_accounts(conn, fresh)
     created = [False] * len(fresh)
     out: list[AppendResult] = []
     for slot in slots:
@@ -151,6 +152,35 @@ def append_entries(conn: psycopg.Connection[Any], entries: Sequence[PreparedEntr
         out.append(AppendResult(fresh[slot].record, row[0], row[-1], not created[slot]))
         created[slot] = True
     return out
+
+
+_CHARGE = (
+    "INSERT INTO budget_accounts (tenant_id, spent) SELECT * FROM unnest(%s::text[], %s::numeric[]) "
+    "ON CONFLICT (tenant_id) DO UPDATE SET spent = budget_accounts.spent + EXCLUDED.spent"
+)
+_UNRESERVE = (
+    "WITH gone AS (DELETE FROM budget_reservations WHERE request_id = ANY(%s) RETURNING tenant_id, amount) "
+    "UPDATE budget_accounts b SET reserved = b.reserved - g.held "
+    "FROM (SELECT tenant_id, SUM(amount) AS held FROM gone GROUP BY tenant_id) g "
+    "WHERE b.tenant_id = g.tenant_id"
+)
+
+
+def _charge_accounts(conn: psycopg.Connection[Any], fresh: Sequence[PreparedEntry]) -> None:
+    """In the append's transaction: add the new entries' costs to their tenants' spent and
+    drop their requests' reservations (``billing.pg_budget_schema``), so spent + reserved
+    counts each request once whether or not its record has reached the ledger yet.
+
+    The account rows are locked in tenant order (the rows of one INSERT are processed in
+    order), before any reservation row, as the budget functions do.
+    """
+    costs: dict[str, Decimal] = {}
+    for entry in fresh:
+        record = entry.record
+        costs[record.tenant_id] = costs.get(record.tenant_id, Decimal(0)) + record.cost
+    tenants = sorted(costs)
+    conn.execute(_CHARGE, (tenants, [costs[t] for t in tenants]))
+    conn.execute(_UNRESERVE, ([e.record.request_id for e in fresh],))
 
 
 class PgStore:
@@ -467,6 +497,10 @@ class PgStore:
         return self._run_sql(lambda conn: append_entries(conn, entries))
 
     # the ledger: reads -------------------------------------------------------------
+    def in_transit(self, record_or_request_id: str) -> str | None:
+        """None: an append is in the ledger when it returns (no outbox in between)."""
+        return None
+
     def get_record(self, record_id: str) -> UsageRecord | None:
         rows = self._rows("SELECT payload FROM ledger WHERE record_id = %s", (record_id,))
         return record_from_payload(rows[0][0]) if rows else None

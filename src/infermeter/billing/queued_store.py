@@ -11,6 +11,7 @@ invoices, receipts) once it has been ingested.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -62,8 +63,31 @@ class QueuedStore:
             self.outbox.fault = None
         return self.outbox.fault
 
+    def in_transit(self, record_or_request_id: str) -> str | None:
+        """The tenant of a record in this worker's outbox, not yet seen in the ledger."""
+        return self.outbox.tenant_of(record_or_request_id)
+
     def outbox_depth(self) -> int:
-        return self.outbox.depth()
+        """Records in the outbox not yet seen in the ledger (a counter, no query)."""
+        return self.outbox.rows
+
+    def relay_lag_s(self) -> float:
+        """Seconds since the oldest outbox record's request ended; 0.0 when the outbox is empty."""
+        oldest = self.outbox.oldest_end()
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
+    def queue_problem(self, max_outbox: int) -> str | None:
+        """Why this worker should take no new requests: its outbox reached ``max_outbox``
+        (0 = no bound) because NATS, the ingester or PostgreSQL has not drained it."""
+        depth = self.outbox.rows
+        if not max_outbox or depth < max_outbox:
+            return None
+        link = "connected" if self.relay.connected else "NOT connected"
+        return (
+            f"the outbox {self.outbox.path} holds {depth:,} records, at its bound (--max-outbox "
+            f"{max_outbox:,}); the relay is {link} to NATS at {self.relay.url}: start NATS and "
+            "`infermeter ingest`, or raise --max-outbox; send requests to another worker"
+        )
 
     # straight to PostgreSQL --------------------------------------------------------------
     def append(self, records: Sequence[UsageRecord]) -> list[AppendResult]:
@@ -150,8 +174,9 @@ class QueuedStore:
 
     def close(self) -> None:
         """Commit the outbox, stop the relay (unrelayed rows stay on disk), close PostgreSQL."""
+        self.outbox.flush(timeout=10)
+        self.relay.stop()  # before the outbox closes under it
         self.outbox.close()
-        self.relay.stop()
         self.pg.close()
 
 

@@ -400,6 +400,10 @@ class SqliteStore:
         return self._writer.fault
 
     # the ledger: reads ------------------------------------------------------
+    def in_transit(self, record_or_request_id: str) -> str | None:
+        """None: an append is in the ledger when it returns (no outbox in between)."""
+        return None
+
     def get_record(self, record_id: str) -> UsageRecord | None:
         return self._one("SELECT payload FROM ledger WHERE record_id = ?", record_id)
 

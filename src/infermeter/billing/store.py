@@ -133,6 +133,11 @@ class Store(Protocol):
 
     def get_record(self, record_id: str) -> UsageRecord | None: ...
 
+    def in_transit(self, record_or_request_id: str) -> str | None:
+        """The tenant of a record this process accepted that the ledger does not hold yet
+        (cluster mode: still in the worker's outbox); None otherwise."""
+        ...
+
     def get_by_request(self, request_id: str) -> UsageRecord | None: ...
 
     def list_records(

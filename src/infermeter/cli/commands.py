@@ -90,6 +90,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "model_dir": args.model_dir,
         "queue": args.queue,
+        "device": args.device,
+        "max_outbox": args.max_outbox,
         "max_body_bytes": args.max_body_bytes,
         "graceful_timeout": args.graceful_timeout,
         "budget_status": args.budget_status,
@@ -314,6 +316,18 @@ def register(sub: Any) -> None:
     p.add_argument("--log-level", dest="log_level")
     p.add_argument(
         "--queue", help="cluster mode: bill through the NATS usage stream (needs --db postgresql://…)"
+    )
+    p.add_argument(
+        "--max-outbox",
+        type=int,
+        dest="max_outbox",
+        help="cluster mode: with this many records not yet in the ledger the worker reports "
+        "not-ready and refuses new requests (503) (env INFERMETER_MAX_OUTBOX; default 100000; 0 = no bound)",
+    )
+    p.add_argument(
+        "--device",
+        help="serve only this device's engines: cpu, or cuda:N for GPU N (one worker per device; "
+        "env INFERMETER_DEVICE; default: every engine this machine can run)",
     )
     p.add_argument(
         "--max-body-bytes",

@@ -30,8 +30,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
     if args.batch < 1 or args.batch > 10_000:
         raise ConfigError(f"--batch {args.batch} must be between 1 and 10000 (1000 is the default)")
+    on_batch = None
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from infermeter.observability.metrics import IngestMetrics
+
+        metrics = IngestMetrics()
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        on_batch = metrics.observe
     store = PgStore(settings.db)
-    ingester = Ingester(store, settings.queue, batch=args.batch)
+    ingester = Ingester(store, settings.queue, batch=args.batch, on_batch=on_batch)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -67,6 +76,12 @@ def register(sub: Any) -> None:
         type=float,
         metavar="SECONDS",
         help="stop once the stream has been empty this long (default: run until stopped)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="serve Prometheus metrics (batch size, ingest lag) on 127.0.0.1:PORT/metrics",
     )
     p.add_argument("--json", action="store_true", help="print the counts as JSON when it stops")
     p.set_defaults(handler=cmd_ingest)

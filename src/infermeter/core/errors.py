@@ -8,6 +8,7 @@
     ├── AuthError               401 (missing/invalid/revoked key)
     ├── PermissionDenied        403 (tenant key on an admin route)
     ├── NotFound                404 (a record, a tenant, a period)
+    │   └── NotYet              404 + Retry-After: accepted, not in the ledger yet
     ├── BudgetExceeded          402 (the reservation does not fit)
     ├── Unavailable             503 (recoverable: store or worker not ready)
     ├── EngineError             fatal for a step; the engine or its artifact is broken
@@ -61,6 +62,16 @@ class PermissionDenied(InfermeterError):
 
 class NotFound(InfermeterError):
     code = "not_found"
+
+
+class NotYet(NotFound):
+    """The thing exists but is not readable yet (a record still on its way to the ledger)."""
+
+    code = "not_in_ledger_yet"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class BudgetExceeded(InfermeterError):

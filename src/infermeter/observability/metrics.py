@@ -76,6 +76,21 @@ class Metrics:
             registry=r,
         )
 
+        # cluster mode (serve --queue): the worker's side of the usage queue, set at each scrape
+        self.outbox_records = Gauge(
+            "infermeter_outbox_records",
+            "Usage records in this worker's outbox that the ledger is not yet seen to hold.",
+            registry=r,
+        )
+        self.relay_lag = Gauge(
+            "infermeter_relay_lag_seconds",
+            "Age of the oldest record in the outbox (its request's end to now); 0 when empty.",
+            registry=r,
+        )
+        self.relay_connected = Gauge(
+            "infermeter_relay_connected", "1 while the relay is connected to NATS JetStream.", registry=r
+        )
+
     def describe_engine(self, engine: str, model: str, backend: str, precision: str, device: str) -> None:
         """Publish one engine in ``infermeter_engine_info`` (idempotent)."""
         self.engine_info.labels(engine, model, backend, precision, device).set(1)
@@ -84,3 +99,38 @@ class Metrics:
         """A sample's current value, 0.0 when the series has no sample yet."""
         found = self.registry.get_sample_value(name, labels or {})
         return 0.0 if found is None else found
+
+
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000)
+
+
+class IngestMetrics:
+    """``infermeter ingest --metrics-port``: what the ingester appended, and how late."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.batch_size = Histogram(
+            "infermeter_ingest_batch_size",
+            "Messages per ledger transaction.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.lag = Histogram(
+            "infermeter_ingest_lag_seconds",
+            "From a request's end to the commit of its ledger entry (the oldest record of each batch).",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.created = Counter("infermeter_ingest_entries", "Ledger entries appended.", registry=r)
+        self.repeats = Counter(
+            "infermeter_ingest_repeats", "Records dropped as already in the ledger.", registry=r
+        )
+
+    def observe(self, size: int, created: int, lag_s: float) -> None:
+        """One committed batch (the ingester's ``on_batch`` hook)."""
+        self.batch_size.observe(size)
+        self.lag.observe(max(0.0, lag_s))
+        self.created.inc(created)
+        self.repeats.inc(size - created)
