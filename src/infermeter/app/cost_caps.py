@@ -21,8 +21,9 @@ step with the request's attributed share, exactly the µs its record is priced f
 its running cost equals the price its record will carry (RU is linear; the price is
 computed once from the cumulative µs). Before each step the worker asks whether the step
 fits: cost so far plus the step's tokens at the ceilings must stay within the cap; if not,
-the cap first tries to grow its reservation from the tenant's remaining budget, and only
-if that fails the request stops (finish_reason ``length``, ``stopped_by: "budget"``).
+the cap first tries to grow its reservation from the tenant's remaining budget (by four
+times the shortfall or its own size, whichever is more), and only if that fails the
+request stops (finish_reason ``length``, ``stopped_by: "budget"``).
 
 **The guarantee.** A request only starts a step while its cost so far is within its cap,
 so it ends at most one step's share above it; reservations never sum past the limit; so a
@@ -46,7 +47,7 @@ from infermeter.runtime.engine import EngineInfo
 WINDOW = 256  # steps per phase that the ceiling is the maximum over
 DEFAULT_PREFILL_US = 1000.0  # per token, until the engine has run a prefill
 DEFAULT_DECODE_US = 20000.0  # per token, until the engine has run a decode step
-GROWTH = 4  # a cap that would stop asks for this many times its shortfall
+GROWTH = 4  # a cap that would stop asks for this many times its shortfall (or its size)
 RESERVE_FIRST_TOKENS = 16  # decode tokens a capped request reserves up front (then it grows)
 
 
@@ -180,7 +181,10 @@ class RequestCap:
         if need <= self._limit_ru:
             return True
         shortfall = self._pricer.plan.cost(need, self._pricer.tier) - self.amount
-        grown = self._budgets.extend(self.request_id, shortfall * GROWTH, shortfall)
+        # grow geometrically (at least double), so a long request asks O(log n) times, not
+        # every few steps: each ask is a lock (or, on PostgreSQL, a round trip) on this thread
+        want = max(shortfall * GROWTH, self.amount)
+        grown = self._budgets.extend(self.request_id, want, shortfall)
         if grown < shortfall:
             return False
         self.amount += grown
