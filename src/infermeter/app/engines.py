@@ -4,7 +4,10 @@ At ``serve``:
 
 1. The built-in model (and the ``--model-dir`` user model, if given) get an FP32 and, unless
    ``settings.int8`` is False, an INT8 ONNX Runtime engine: an indexed one when it is intact
-   and current, else one built now (a few seconds), so ``flex`` runs on INT8 out of the box.
+   and current, else one built now (a few seconds). The INT8 build must pass the economy
+   gate (drift and speed against FP32) to serve ``flex``; one that fails is indexed with its
+   figures, logged, and ``flex`` runs on FP32. An INT8 record from before the gate (static
+   Q/DQ) is not current: it is rebuilt.
 2. Every other indexed engine that this machine can run (right runtime version, device and
    intact artifact) is loaded too, newest per (model, backend, precision, device); one that
    is stale or foreign is skipped with a warning naming its rebuild command.
@@ -51,6 +54,9 @@ def load_default_engines(settings: Settings, timer_factory: Callable[[], StepTim
     try:
         wanted = ensure_default_engines(store, settings)
         records = wanted + [r for r in servable(store) if r.sha256 not in {w.sha256 for w in wanted}]
+        for record in records:
+            if (refusal := gate_refusal(record)) is not None:
+                log.warning("not serving engine %s: %s", record.engine_id, refusal)
         records = _newest_per_kind([r for r in records if gate_refusal(r) is None])
         added = {m.name for m in store.models()}
         loaded = []
@@ -111,6 +117,12 @@ def _current(store: EngineStore, args: BuildArgs, model: str, env: RuntimeEnv) -
     for record in store.list(model):
         if (record.backend, record.precision, record.build) != (args.backend, args.precision, args):
             continue
+        if record.precision == Precision.INT8 and "gate" not in record.options:
+            log.warning(
+                "rebuilding %s: built by the static Q/DQ recipe, before the economy gate",
+                record.engine_id,
+            )
+            return None
         try:
             store.check(record, env)
         except StaleEngine as exc:
