@@ -27,7 +27,11 @@ decoding a sequence's tokens are then the same batched as alone (tested against
 ``generate``).
 
 The KV shape (layers, KV heads, head size) is read from one probe forward at load, so the
-engine needs nothing from the config beyond what ``transformers`` itself reads.
+engine needs nothing from the config beyond what ``transformers`` itself reads. On CUDA the
+engine states a KV budget (``extra["kv_budget_bytes"]``: ``KV_FRACTION`` of the device
+memory free after loading) that the scheduler admits and preempts against unless
+``kv_cache_mb`` sets one; the scheduler counts cached tokens, and a sequence's tensor grows
+by doubling, so the memory held can reach twice the count (untested: no GPU was lent).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +53,7 @@ CPU_PRECISIONS = (Precision.FP32, Precision.BF16, Precision.INT8)
 CUDA_PRECISIONS = (Precision.FP16, Precision.BF16, Precision.FP32, Precision.INT8)
 INT8_RECIPE = "weight-only int8 Linear (per-output-channel scales), bf16 activations"
 DEFAULT_MAX_SEQ_LEN = 4096  # cap on the context a model's config may claim (KV memory)
+KV_FRACTION = 0.9  # of the device memory free after loading, for the KV budget on CUDA
 
 
 def precisions_for(device: str) -> tuple[Precision, ...]:
@@ -294,6 +300,9 @@ class HFEngine(PaddedKVEngine):
                    "torch_version": str(torch.__version__), **({"recipe": recipe} if recipe else {})},
         )  # fmt: skip
         stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+        if dev.type == "cuda":  # the KV budget: most of what the weights left free
+            free, _total = torch.cuda.mem_get_info(dev)
+            info = replace(info, extra={**info.extra, "kv_budget_bytes": int(free * KV_FRACTION)})
         return cls(info, model, timer_factory, device=dev, kv_dtype=kv_dtype, stream=stream)
 
     def _groups(self, inputs: Sequence[SeqInput]) -> list[list[SeqInput]]:
