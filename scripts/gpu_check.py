@@ -589,10 +589,12 @@ def start_service(settings: Any, engine: Any, tokenizer: Any, device: str, sampl
     }
 
 
-def metering_stages(report: Report, ctx: dict[str, Any], prefix: str, quick: bool) -> None:
+def metering_stages(
+    report: Report, ctx: dict[str, Any], prefix: str, quick: bool, rounds: int, count: int
+) -> None:
     """throughput, fixed-prompt RU, calibration and accuracy sections for one service."""
     with report.section(prefix + "throughput") as data:
-        throughput_and_windows(report, ctx, data, rounds=2 if quick else 3, count=12 if quick else 48)
+        throughput_and_windows(report, ctx, data, rounds=2 if quick else rounds, count=12 if quick else count)
     with report.section(prefix + "fixed_prompt_ru") as data:
         fixed_prompt_ru(ctx, data)
     fitted = None
@@ -766,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
         if llama:
             import gpu_llama
 
-            metering_stages(report, llama, "llama_", args.quick)  # first: conservation counts from here
+            # first: conservation counts from here
+            metering_stages(report, llama, "llama_", args.quick, rounds=3, count=48)
             with report.section("llama_vs_generate") as data:
                 gpu_llama.versus_generate(llama, data, run_batch, 8 if args.quick else 16, 32)
             with report.section("llama_economy") as data:
@@ -783,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
             data["device_class"] = ctx["engine"].info.device_class
             data["timer"] = type(ctx["engine"].timer).__name__
         if "service" in ctx:
-            metering_stages(report, ctx, "", args.quick)
+            metering_stages(report, ctx, "", args.quick, rounds=5, count=64)
             with report.section("shutdown"):
                 ctx["service"].stop()
                 ctx["ledger"].close()
