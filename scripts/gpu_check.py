@@ -1,21 +1,32 @@
 #!/usr/bin/env python3
-"""GPU check of infermeter's metering (issue 4): one NVIDIA GPU, PyTorch, no network, < 5 min.
+"""GPU check of infermeter's metering and engines: one NVIDIA GPU, PyTorch, no network.
 
     python scripts/gpu_check.py [--out report.json] [--home DIR] [--device cuda|cpu] [--quick]
+                                [--model llama|builtin|both] [--llama-size 1b|tiny] [--dry-run]
 
-Runs the built-in model on the PyTorch CUDA backend under a mixed workload with metering on
-(CUDA-event step timer, NVML/GPM window sampler) and prints, last, a table of:
+Two models, each served inside a real ``Service`` with metering on (CUDA-event step timer,
+NVML/GPM window sampler), each run through the same metering stages:
 
-    conservation error · attribution error vs solo (before/after calibration) · tokens/s with
-    metering on ÷ off (goal >= 0.99) · sampler windows valid/rejected · energy per 1,000
-    tokens · RU for a fixed prompt set · step-timer CPU cost · synchronize calls added (0)
+- ``llama`` (issue 9, first): a 1B-class Llama-shaped model with random weights built from a
+  ``transformers`` config on the device (``scripts/gpu_llama.py``: no download), on the
+  transformers backend at FP16, plus its GPU economy candidates (weight-only int8, FP8 e4m3)
+  measured for drift and speed against FP16, and its tokens/s against transformers' own
+  batched ``generate`` on the same prompts;
+- ``builtin`` (issue 4): the built-in model on the PyTorch CUDA backend.
 
-and writes the same as JSON (``--out``; default ``$OUT/gpu_check.json`` when OUT is set, else
+For each it reports conservation error · attribution error vs solo (before/after
+calibration) · tokens/s with metering on ÷ off (goal >= 0.99) · sampler windows
+valid/rejected · energy per 1,000 tokens · RU for four fixed prompts · step-timer CPU cost ·
+synchronize calls added (0), and prints a summary table last, the Llama's rows at the end.
+
+It writes the same as JSON (``--out``; default ``$OUT/gpu_check.json`` when OUT is set, else
 ./gpu_check.json). Every section runs in its own try/except: a failure is reported in the
 table, never an abort. ``--device cpu`` is a dry run of the same code on the CPU (torch CPU
-engine, scripted sampler) for machines without a GPU.
+engines, scripted sampler) for machines without a GPU; ``--dry-run`` is ``--device cpu
+--quick --llama-size tiny``: every stage end to end on a tiny config, in about a minute.
 
-Needs, besides PyTorch with CUDA, these of infermeter's dependencies: numpy, onnx,
+Needs, besides PyTorch with CUDA and transformers (the Llama stages), these of infermeter's
+dependencies: numpy, onnx,
 onnxruntime (the built-in model is written as ONNX, its weights loaded into torch),
 prometheus-client, rich, tokenizers, and cryptography (the usage ledger signs its
 checkpoints; a binary wheel, with cffi and pycparser); plus nvidia-ml-py for the NVML
@@ -48,6 +59,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if (ROOT / "src" / "infermeter").is_dir():
     sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_llama, beside this file
 
 DEPENDENCIES = (
     "numpy",
@@ -59,7 +71,7 @@ DEPENDENCIES = (
     "cryptography",
     "torch",
 )
-DEADLINE_S = 270.0  # stop starting optional work after this; the whole run stays under 5 min
+DEADLINE_S = 480.0  # stop starting optional work after this; the whole run stays under 9 min
 
 
 class Report:
@@ -113,6 +125,7 @@ def run_batch(
     from infermeter.runtime.sampling import SamplingParams
     from infermeter.runtime.worker import GenerationRequest
 
+    model = next(i.model for i in service.engine_infos() if i.engine_id == engine_id)
     done = threading.Semaphore(0)
     outcomes: list[Any] = []
     lock = threading.Lock()
@@ -128,7 +141,7 @@ def run_batch(
             GenerationRequest(
                 request_id=f"{tag}-{i}",
                 tenant_id="gpu-check",
-                model="tiny-gpt",
+                model=model,
                 engine_id=engine_id,
                 tier=ServiceTier.DEFAULT,
                 prompt_ids=ids,
@@ -513,19 +526,45 @@ def accuracy(ctx: dict[str, Any], data: dict[str, Any], fitted: Any, quick: bool
 
 # -- main ---------------------------------------------------------------------------------------
 def build_service(home: Path, device: str, sampler: str) -> dict[str, Any]:
-    from infermeter.app.service import Service
     from infermeter.cli.calibrate import torch_engine
     from infermeter.config import load_settings
     from infermeter.core.types import Precision
     from infermeter.metering.timers import CpuStepTimer
-    from infermeter.metering.window_ledger import WindowLedger
-    from infermeter.runtime.engine import LoadedEngine
     from infermeter.runtime.tokenizer import ByteTokenizer
 
     settings = load_settings({"home": home, "warmup_steps": 4, "max_batch": 16}, env={})
     precision = Precision.FP16 if device == "cuda" else Precision.FP32
     engine = torch_engine(settings, precision=precision, device=device, timer_factory=CpuStepTimer)
-    tokenizer = ByteTokenizer()
+    return start_service(settings, engine, ByteTokenizer(), device, sampler)
+
+
+def build_llama_service(
+    home: Path, device: str, sampler: str, size: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    """The random-weight Llama on the transformers engine, in a Service of its own."""
+    import gpu_llama
+
+    from infermeter.config import load_settings
+    from infermeter.runtime.tokenizer import ByteTokenizer
+
+    home.mkdir(parents=True, exist_ok=True)
+    settings = load_settings({"home": home, "warmup_steps": 4, "max_batch": 16}, env={})
+    t0 = time.perf_counter()
+    model = gpu_llama.build_llama(size, "cuda" if device == "cuda" else "cpu")
+    data["config"] = size
+    data["parameters"] = gpu_llama.parameters(model)
+    data["build_seconds"] = round(time.perf_counter() - t0, 2)
+    engine = gpu_llama.performance_engine(model, device)
+    ctx = start_service(settings, engine, ByteTokenizer(), device, sampler)
+    ctx["model"] = model
+    return ctx
+
+
+def start_service(settings: Any, engine: Any, tokenizer: Any, device: str, sampler: str) -> dict[str, Any]:
+    from infermeter.app.service import Service
+    from infermeter.metering.window_ledger import WindowLedger
+    from infermeter.runtime.engine import LoadedEngine
+
     service = Service(settings, [LoadedEngine(engine, tokenizer)])
     tally_warmup: list[int] = []
     original = service.pipeline.on_step
@@ -542,15 +581,30 @@ def build_service(home: Path, device: str, sampler: str) -> dict[str, Any]:
         "service": service,
         "engine": engine,
         "tokenizer": tokenizer,
-        "home": home,
+        "home": settings.home,
         "device": device,
         "sampler": sampler,
         "warmup_us": sum(tally_warmup),
-        "ledger": WindowLedger(home / "windows.db"),
+        "ledger": WindowLedger(settings.home / "windows.db"),
     }
 
 
-def table(report: Report) -> str:
+def metering_stages(
+    report: Report, ctx: dict[str, Any], prefix: str, quick: bool, rounds: int, count: int
+) -> None:
+    """throughput, fixed-prompt RU, calibration and accuracy sections for one service."""
+    with report.section(prefix + "throughput") as data:
+        throughput_and_windows(report, ctx, data, rounds=2 if quick else rounds, count=12 if quick else count)
+    with report.section(prefix + "fixed_prompt_ru") as data:
+        fixed_prompt_ru(ctx, data)
+    fitted = None
+    with report.section(prefix + "calibration") as data:
+        fitted = calibration(ctx, data, quick)
+    with report.section(prefix + "accuracy") as data:
+        accuracy(ctx, data, fitted, quick)
+
+
+def table(report: Report, prefix: str = "", extra: list[tuple[str, str, str]] | None = None) -> str:
     s = report.sections
 
     def get(name: str, *keys: str) -> Any:
@@ -566,7 +620,7 @@ def table(report: Report) -> str:
         return "FAILED: " + entry.get("error", "?")[:70]
 
     rows: list[tuple[str, str, str]] = []
-    t = report.data("throughput")
+    t = report.data(prefix + "throughput")
     if t:
         rows += [
             (
@@ -605,8 +659,8 @@ def table(report: Report) -> str:
             ),
         ]
     else:
-        rows.append(("throughput / conservation / windows", fail("throughput"), ""))
-    a = report.data("accuracy")
+        rows.append(("throughput / conservation / windows", fail(prefix + "throughput"), ""))
+    a = report.data(prefix + "accuracy")
     if a:
         for name in ("before", "after"):
             if name in a:
@@ -620,18 +674,18 @@ def table(report: Report) -> str:
                     )
                 )
     else:
-        rows.append(("attribution error vs solo", fail("accuracy"), ""))
-    ru = report.data("fixed_prompt_ru")
+        rows.append(("attribution error vs solo", fail(prefix + "accuracy"), ""))
+    ru = report.data(prefix + "fixed_prompt_ru")
     rows.append(
         (
             "RU, 4 fixed prompts x 32 tokens",
             f"{ru['total_ru']} RU ({ru['device_class']}, {ru['ru_table_version']})"
             if ru
-            else fail("fixed_prompt_ru"),
+            else fail(prefix + "fixed_prompt_ru"),
             "",
         )
     )
-    c = report.data("calibration")
+    c = report.data(prefix + "calibration")
     rows.append(
         (
             "calibration: GEMM, copy, factors, fit MAPE",
@@ -639,7 +693,7 @@ def table(report: Report) -> str:
             f" / decode {c['factors'].get('decode')} RU/ms (seed {c['seed_factors']}), "
             f"MAPE {c['fit_mape_percent']} %"
             if c
-            else fail("calibration"),
+            else fail(prefix + "calibration"),
             "",
         )
     )
@@ -664,6 +718,7 @@ def table(report: Report) -> str:
             "~4 ms; never per request",
         )
     )
+    rows += extra or []
     width = max(len(r[0]) for r in rows)
     lines = [f"{'check':<{width}}  result  [goal]"]
     for name, result, goal in rows:
@@ -677,7 +732,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", help="data directory (default: a temporary one)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--quick", action="store_true", help="smaller workload (dry runs)")
+    parser.add_argument("--model", choices=("llama", "builtin", "both"), default="both")
+    parser.add_argument(
+        "--llama-size", choices=("1b", "tiny"), dest="llama_size", help="default: 1b on cuda, tiny on cpu"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", dest="dry_run", help="--device cpu --quick --llama-size tiny"
+    )
     args = parser.parse_args(argv)
+    if args.dry_run:
+        args.device, args.quick, args.llama_size = "cpu", True, "tiny"
+    size = args.llama_size or ("1b" if args.device == "cuda" else "tiny")
     out = (
         Path(args.out)
         if args.out
@@ -686,7 +751,6 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     tmp = tempfile.TemporaryDirectory(prefix="infermeter-gpu-check-")
     home = Path(args.home) if args.home else Path(tmp.name)
-    ctx: dict[str, Any] = {}
     with report.section("environment") as data:
         environment(data, args.device)
     with report.section("nvml") as data:
@@ -694,27 +758,47 @@ def main(argv: list[str] | None = None) -> int:
     sampler = "nvml" if report.sections["nvml"]["ok"] else "scripted"
     with report.section("timer_cost") as data:
         timer_cost(data, args.device)
-    with report.section("service") as data:
-        ctx = build_service(home, args.device, sampler)
-        data["engine_id"] = ctx["engine"].info.engine_id
-        data["device_class"] = ctx["engine"].info.device_class
-        data["timer"] = type(ctx["engine"].timer).__name__
-    if "service" in ctx:
-        with report.section("throughput") as data:
-            throughput_and_windows(
-                report, ctx, data, rounds=2 if args.quick else 5, count=12 if args.quick else 64
-            )
-        with report.section("fixed_prompt_ru") as data:
-            fixed_prompt_ru(ctx, data)
-        fitted = None
-        with report.section("calibration") as data:
-            fitted = calibration(ctx, data, args.quick)
-        with report.section("accuracy") as data:
-            accuracy(ctx, data, fitted, args.quick)
-        with report.section("shutdown"):
-            ctx["service"].stop()
-            ctx["ledger"].close()
-    summary = table(report)
+    if args.model in ("llama", "both"):
+        llama: dict[str, Any] = {}
+        with report.section("llama_build") as data:
+            llama = build_llama_service(home / "llama", args.device, sampler, size, data)
+            data["engine_id"] = llama["engine"].info.engine_id
+            data["device_class"] = llama["engine"].info.device_class
+            data["timer"] = type(llama["engine"].timer).__name__
+        if llama:
+            import gpu_llama
+
+            # first: conservation counts from here
+            metering_stages(report, llama, "llama_", args.quick, rounds=3, count=48)
+            with report.section("llama_vs_generate") as data:
+                gpu_llama.versus_generate(llama, data, run_batch, 8 if args.quick else 16, 32)
+            with report.section("llama_economy") as data:
+                gpu_llama.economy(llama, data)
+            with report.section("llama_shutdown"):
+                llama["service"].stop()
+                llama["ledger"].close()
+                del llama["model"], llama["engine"]
+    if args.model in ("builtin", "both") and (args.model == "builtin" or report.left() > 120):
+        ctx: dict[str, Any] = {}
+        with report.section("service") as data:
+            ctx = build_service(home / "builtin", args.device, sampler)
+            data["engine_id"] = ctx["engine"].info.engine_id
+            data["device_class"] = ctx["engine"].info.device_class
+            data["timer"] = type(ctx["engine"].timer).__name__
+        if "service" in ctx:
+            metering_stages(report, ctx, "", args.quick, rounds=5, count=64)
+            with report.section("shutdown"):
+                ctx["service"].stop()
+                ctx["ledger"].close()
+    parts = []
+    if "service" in report.sections:
+        parts.append("built-in model (torch backend)\n" + table(report))
+    if "llama_build" in report.sections:
+        import gpu_llama
+
+        extra = gpu_llama.table_rows(report, "llama_")
+        parts.append(f"Llama {size} (transformers backend)\n" + table(report, "llama_", extra))
+    summary = "\n\n".join(parts)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "device": args.device,

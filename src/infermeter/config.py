@@ -30,6 +30,9 @@ class Settings:
     max_batch: int = 16
     token_budget: int = 512
     prefill_chunk: int = 256
+    # KV-cache budget per engine in MiB (runtime.scheduler); 0 = a CUDA transformers engine's
+    # own (90 % of the device memory free after its weights), else none
+    kv_cache_mb: int = 0
     # admission (runtime.admission): requests in the worker at once, and waiting for a slot
     max_active: int = 0  # 0 = 2 x max_batch
     max_queued: int = 1024  # past this a request is refused (429, Retry-After)

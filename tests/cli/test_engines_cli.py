@@ -25,7 +25,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_build_list_show_an_fp32_and_an_int8_engine(
     tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Both builds land in the index; list shows them ok; show prints the full record."""
+    """Both builds land in the index; list shows them ok; show prints the full record. The
+    2-layer test model's INT8 is no faster than its FP32 (the gate refuses it on speed), so it
+    is built with --force, as an operator serving it anyway would."""
     home = str(tmp_path / "home")
     code, out, _ = run(capsys, "--home", home, "engines", "build", str(model))
     assert code == 0 and "built tiny-user-onnxruntime-fp32-cpu-" in out
@@ -40,11 +42,12 @@ def test_build_list_show_an_fp32_and_an_int8_engine(
         "int8",
         "--max-batch",
         "4",
+        "--force",
         "--json",
     )
     record = json.loads(out)
     assert code == 0 and record["precision"] == "int8" and record["max_batch"] == 4
-    assert record["drift"]["token_agreement"] > 0.5
+    assert record["drift"]["token_agreement"] > 0.5 and record["options"]["gate"]["forced"] is True
     code, out, _ = run(capsys, "--home", home, "engines", "list", "--json")
     listed = json.loads(out)
     assert code == 0 and sorted(r["precision"] for r in listed) == ["fp32", "int8"]
@@ -55,6 +58,28 @@ def test_build_list_show_an_fp32_and_an_int8_engine(
     shown = json.loads(out)
     assert shown["engine_id"] == record["engine_id"] and shown["status"] == "ok"
     assert shown["rebuild"].startswith(f"infermeter engines build {model.resolve()} ")
+    assert shown["options"]["gate"] == record["options"]["gate"]
+
+
+def test_an_int8_build_reports_its_gate_and_is_refused_when_it_fails(
+    tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --force the build prints the gate's verdict and figures; a failing build's
+    status is `refused: <reasons>` (the test model is usually not faster than FP32), a
+    passing one's `ok`."""
+    home = str(tmp_path / "home")
+    code, out, _ = run(capsys, "--home", home, "engines", "build", str(model), "--precision", "int8")
+    assert code == 0 and "economy gate: " in out and "ms/token" in out
+    _, listed, _ = run(capsys, "--home", home, "engines", "list", "--json")
+    (record,) = json.loads(listed)
+    gate = record["options"]["gate"]
+    if gate["passed"]:
+        assert "economy gate: passed" in out and record["status"] == "ok"
+    else:
+        assert f"economy gate: refused ({'; '.join(gate['reasons'])})" in out
+        assert record["status"] == (
+            f"refused: {'; '.join(gate['reasons'])}; rebuild with --force to serve it anyway"
+        )
 
 
 def test_show_reports_a_stale_engine_and_an_unknown_one_exits_3(

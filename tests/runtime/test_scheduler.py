@@ -135,3 +135,74 @@ def test_bad_requests_are_rejected() -> None:
         s.add("a", [1], max_tokens=0)
     with pytest.raises(ValueError, match="at most 7"):
         s.add("a", [1] * 8, max_tokens=1)
+
+
+# KV budget and preemption ---------------------------------------------------------------
+def kv_config(budget: int) -> SchedulerConfig:
+    return SchedulerConfig(max_batch=8, token_budget=64, max_seq_len=16, kv_budget_tokens=budget)
+
+
+def test_a_request_waits_while_its_prompt_would_not_fit_the_kv_budget() -> None:
+    """With 20 KV tokens, a running 10-token prompt leaves no room for a second one (10 + 1
+    each): it waits, and joins once the first has finished."""
+    s = Scheduler(kv_config(20))
+    s.add("a", list(range(10)), max_tokens=1)
+    s.add("b", list(range(10)), max_tokens=1)
+    plan = s.schedule()
+    assert [i.request_id for i in plan.items] == ["a"] and s.num_waiting == 1
+    s.update(plan, {"a": 7})  # a finishes (max_tokens 1)
+    assert [i.request_id for i in s.schedule().items] == ["b"]
+
+
+def test_growth_past_the_budget_preempts_the_newest_flex_sequence() -> None:
+    """Three decoding sequences outgrow 16 KV tokens: the newest flex one is preempted, not
+    the older flex one nor the default one, and the plan names it for the engine to drop."""
+    s = Scheduler(kv_config(16))
+    s.add("old-flex", [1, 2], max_tokens=9, tier=ServiceTier.FLEX)
+    s.add("default", [1, 2], max_tokens=9)
+    s.add("new-flex", [1, 2], max_tokens=9, tier=ServiceTier.FLEX)
+    preempted: list[str] = []
+    for _ in range(6):  # at the 5th step 3 x (5 cached + 1) = 18 tokens would exceed 16
+        plan = s.schedule()
+        preempted += plan.preempted
+        s.update(plan, {i.request_id: 7 for i in plan.items if i.samples})
+    assert preempted == ["new-flex"]
+    assert s.get("new-flex") is not None and s.get("new-flex").preemptions == 1  # type: ignore[union-attr]
+    assert s.kv_tokens() <= 16
+
+
+def test_a_preempted_sequence_is_recomputed_and_decodes_on() -> None:
+    """Readmitted, it prefills its prompt and generated tokens again without sampling, then
+    decodes its last generated token after them: its output continues where it stopped."""
+    s = Scheduler(kv_config(16))
+    s.add("a", [1, 2, 3], max_tokens=20)
+    s.add("b", [4, 5], max_tokens=20, tier=ServiceTier.FLEX)
+    counter = iter(range(100, 1000))
+
+    def step() -> list[tuple[tuple[int, ...], int, bool]]:
+        plan = s.schedule()
+        s.update(plan, {i.request_id: next(counter) for i in plan.items if i.samples})
+        return [(i.tokens, i.context, i.samples) for i in plan.items if i.request_id == "b"]
+
+    while True:  # drive until b is preempted
+        plan = s.schedule()
+        if plan.preempted:
+            break
+        s.update(plan, {i.request_id: next(counter) for i in plan.items if i.samples})
+    assert plan.preempted == ("b",)
+    s.update(plan, {i.request_id: next(counter) for i in plan.items if i.samples})
+    b = s.get("b")
+    assert b is not None
+    generated = tuple(b.output)
+    items = step()
+    while not items:  # b waits until a (default) finishes and frees the budget
+        items = step()
+    assert items == [((4, 5, *generated[:-1]), 0, False)]
+    assert step() == [((generated[-1],), 1 + len(generated), True)]
+    assert tuple(b.output[: len(generated)]) == generated and len(b.output) == len(generated) + 1
+
+
+def test_a_kv_budget_smaller_than_one_context_is_refused() -> None:
+    """The budget must hold one full sequence, naming both sizes."""
+    with pytest.raises(ValueError, match=r"KV budget of 15 tokens cannot hold one sequence .*16 tokens"):
+        kv_config(15)

@@ -4,7 +4,12 @@ At ``serve``:
 
 1. The built-in model (and the ``--model-dir`` user model, if given) get an FP32 and, unless
    ``settings.int8`` is False, an INT8 ONNX Runtime engine: an indexed one when it is intact
-   and current, else one built now (a few seconds), so ``flex`` runs on INT8 out of the box.
+   and current, else one built now (a few seconds). The INT8 build must pass the economy
+   gate (drift and speed against FP32) to serve ``flex``; one that fails is indexed with its
+   figures, logged, and ``flex`` runs on FP32. An INT8 record from before the gate (static
+   Q/DQ) is not current: it is rebuilt. A ``--model-dir`` that is a ``.gguf`` file or a
+   Hugging Face folder is imported on first start as ``infermeter models add`` would
+   (``ensure_imported``), under the name ``serve_name`` gives it.
 2. Every other indexed engine that this machine can run (right runtime version, device and
    intact artifact) is loaded too, newest per (model, backend, precision, device); one that
    is stale or foreign is skipped with a warning naming its rebuild command.
@@ -25,6 +30,7 @@ import logging
 import os
 from collections.abc import Callable, MutableMapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from infermeter.config import Settings, cuda_index
@@ -76,6 +82,9 @@ def load_default_engines(settings: Settings, timer_factory: Callable[[], StepTim
         # the built-in ONNX Runtime engines run on the CPU: a GPU worker serves indexed engines only
         wanted = ensure_default_engines(store, settings) if device in (None, "cpu") else []
         records = wanted + [r for r in servable(store) if r.sha256 not in {w.sha256 for w in wanted}]
+        for record in records:
+            if (refusal := gate_refusal(record)) is not None:
+                log.warning("not serving engine %s: %s", record.engine_id, refusal)
         records = [r for r in records if device is None or r.device == device]
         if not records:
             raise ConfigError(
@@ -124,10 +133,12 @@ def ensure_default_engines(store: EngineStore, settings: Settings) -> list[Engin
     # the built-in model under another name (settings.model) is built with --name
     rename = settings.model if settings.model != BUILTIN_MODEL_NAME else None
     sources: list[tuple[str, str | None]] = [(BUILTIN_MODEL_NAME, rename)]
-    if settings.model_dir:
+    records = []
+    if settings.model_dir and _is_transformers_source(Path(settings.model_dir).expanduser()):
+        records += ensure_imported(store, Path(settings.model_dir), settings)
+    elif settings.model_dir:
         sources.append((source_spec(settings.model_dir), None))
     env = onnxruntime_env()
-    records = []
     for spec, name in sources:
         source = resolve_source(spec, settings.models_dir, name)
         for precision in precisions:
@@ -138,11 +149,74 @@ def ensure_default_engines(store: EngineStore, settings: Settings) -> list[Engin
     return records
 
 
+def _is_transformers_source(path: Path) -> bool:
+    """A ``.gguf`` file or a Hugging Face folder (config.json + safetensors, no model.onnx)."""
+    if path.is_file():
+        return path.suffix == ".gguf"
+    return path.is_dir() and not (path / "model.onnx").is_file() and any(path.glob("*.safetensors"))
+
+
+def serve_name(source: Path) -> str:
+    """The model name ``serve --model-dir SOURCE`` gives an imported model: the file's stem
+    or the folder's name, with characters a model name may not hold replaced by '-'."""
+    stem = source.stem if source.suffix == ".gguf" else source.name
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).lstrip(".")
+    return name or "model"
+
+
+def ensure_imported(store: EngineStore, source: Path, settings: Settings) -> list[EngineRecord]:
+    """The transformers engines of ``serve --model-dir SOURCE`` (a .gguf or an HF folder).
+
+    The first start imports SOURCE exactly as ``infermeter models add NAME SOURCE`` does (NAME
+    from ``serve_name``); later starts reuse the indexed import while its engines are intact.
+    """
+    from infermeter.runtime.model_import import import_model
+
+    source = source.expanduser().resolve()
+    name = serve_name(source)
+    model = next((m for m in store.models() if m.name == name), None)
+    if model is not None and model.source != str(source):
+        raise ConfigError(
+            f"--model-dir {source}: model name {name!r} was already added from {model.source}; "
+            f"add this one under another name with `infermeter models add NAME {source}`"
+        )
+    if model is not None:
+        engines = [r for r in store.list(name) if r.backend == "transformers"]
+        current = [r for r in engines if _intact(store, r)]
+        if current and len(current) == len(engines):
+            return _newest_per_kind(current)
+    log.info("importing %s as model %s (as `infermeter models add` does)", source, name)
+    from infermeter.metering.timers import CpuStepTimer
+
+    result = import_model(
+        name, source, store, timer_factory=lambda _stream: CpuStepTimer(), max_batch=settings.max_batch
+    )
+    return list(result.engines)
+
+
+def _intact(store: EngineStore, record: EngineRecord) -> bool:
+    env = runtime_env_for(record)
+    if env is None:
+        return False
+    try:
+        store.check(record, env)
+    except StaleEngine as exc:
+        log.warning("re-importing: %s", exc.message)
+        return False
+    return True
+
+
 def _current(store: EngineStore, args: BuildArgs, model: str, env: RuntimeEnv) -> EngineRecord | None:
     """The newest indexed engine built with exactly ``args`` that is intact and current."""
     for record in store.list(model):
         if (record.backend, record.precision, record.build) != (args.backend, args.precision, args):
             continue
+        if record.precision == Precision.INT8 and "gate" not in record.options:
+            log.warning(
+                "rebuilding %s: built by the static Q/DQ recipe, before the economy gate",
+                record.engine_id,
+            )
+            return None
         try:
             store.check(record, env)
         except StaleEngine as exc:
@@ -319,9 +393,11 @@ def _device_class(record: EngineRecord, env: RuntimeEnv) -> str:
 __all__ = [
     "engine_status",
     "ensure_default_engines",
+    "ensure_imported",
     "gate_refusal",
     "load_default_engines",
     "load_engine",
     "runtime_env_for",
     "servable",
+    "serve_name",
 ]

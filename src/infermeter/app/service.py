@@ -20,7 +20,7 @@ from infermeter.billing.signing import LedgerKeys
 from infermeter.billing.sqlite_store import SqliteStore
 from infermeter.billing.store import Store
 from infermeter.config import Settings
-from infermeter.core.errors import Unavailable
+from infermeter.core.errors import ConfigError, Unavailable
 from infermeter.core.timing import NullTimer
 from infermeter.metering.attribution import CostModel
 from infermeter.metering.calibrations import load_active
@@ -43,6 +43,24 @@ from .prices import Prices
 from .stores import make_budgets, make_checkpoint_log, make_store, uses_postgres
 
 log = logging.getLogger(__name__)
+
+
+def kv_budget_tokens(settings: Settings, info: EngineInfo) -> int | None:
+    """The engine's KV budget in cached tokens: ``kv_cache_mb``, else the engine's own
+    ``kv_budget_bytes`` (a CUDA transformers engine), else None (no limit). ConfigError when
+    it cannot hold one sequence of the engine's context."""
+    budget = settings.kv_cache_mb * 2**20 if settings.kv_cache_mb > 0 else info.extra.get("kv_budget_bytes")
+    if not budget or info.kv_bytes_per_token <= 0:
+        return None
+    tokens = int(budget) // info.kv_bytes_per_token
+    if tokens < info.max_seq_len:
+        need = -(-info.max_seq_len * info.kv_bytes_per_token // 2**20)
+        raise ConfigError(
+            f"kv_cache_mb: {int(budget) / 2**20:.1f} MiB holds {tokens} KV tokens of engine "
+            f"{info.engine_id}, less than one sequence of its context ({info.max_seq_len}); "
+            f"give INFERMETER_KV_CACHE_MB={need} or more"
+        )
+    return tokens
 
 
 class Service:
@@ -108,6 +126,7 @@ class Service:
                     token_budget=settings.token_budget,
                     prefill_chunk=settings.prefill_chunk,
                     max_seq_len=info.max_seq_len,
+                    kv_budget_tokens=kv_budget_tokens(settings, info),
                 ),
             )
             self.tokenizers[info.engine_id] = loaded.tokenizer

@@ -311,7 +311,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--model-dir",
         dest="model_dir",
-        help="also serve this model directory (Optimum export: model.onnx, config.json, tokenizer.json)",
+        help="also serve this model: an Optimum export directory, a Hugging Face folder or a .gguf "
+        "(the latter two imported on first start as `models add` would)",
     )
     p.add_argument("--log-level", dest="log_level")
     p.add_argument(

@@ -73,8 +73,9 @@ def cmd_build(args: argparse.Namespace) -> int:
                 bar.update(task, completed=done, description=what)
 
             record = build_engine(
-                build, store, models_dir=settings.models_dir, device=args.device, progress=progress
-            )
+                build, store, models_dir=settings.models_dir, device=args.device, progress=progress,
+                force=args.force,
+            )  # fmt: skip
     finally:
         store.close()
     if args.json:
@@ -88,6 +89,14 @@ def cmd_build(args: argparse.Namespace) -> int:
             f"INT8 drift vs FP32: max |Δlogit| {record.drift.max_logit_diff:.4f}, greedy "
             f"agreement {record.drift.token_agreement:.1%} over {record.drift.positions} "
             "positions"
+        )
+    gate = record.options.get("gate")
+    if gate:
+        verdict = "passed" if gate["passed"] else "forced" if gate["forced"] else "refused"
+        reasons = "" if gate["passed"] else f" ({'; '.join(gate['reasons'])})"
+        out.print(
+            f"economy gate: {verdict}{reasons}; {gate['ms_per_token']:.3f} vs FP32 "
+            f"{gate['fp32_ms_per_token']:.3f} ms/token"
         )
     return 0
 
@@ -255,6 +264,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--name", help="model name to serve it as (default: config.json name)")
     p.add_argument("--device", default="cpu", help="torch backend: cpu or cuda[:i]")
+    p.add_argument(
+        "--force", action="store_true", help="serve an INT8 engine even if it fails the economy gate"
+    )
     p.add_argument("--json", action="store_true", help="print the metadata record")
     p.set_defaults(handler=cmd_build)
 

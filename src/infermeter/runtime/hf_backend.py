@@ -10,7 +10,12 @@ whatever the config names; no architecture is written here. Precisions:
   accumulation), KV cache BF16. Dynamic int8 (``torch.ao`` ``quantize_dynamic``, int8
   activations too) was measured faster but far off FP32 on SmolLM2-135M (greedy agreement
   50-65 %, max |Δlogit| 24), so it is not used.
-- CUDA: FP16 and BF16 (and FP32); never run here without a GPU.
+- CUDA: FP16 and BF16 (and FP32); INT8 = the same weight-only int8 Linear with FP16
+  activations, where this torch has a CUDA kernel for ``_weight_int8pack_mm``
+  (``require_int8_kernel`` probes it at load and names the fix otherwise). ``quantize_fp8``
+  (FP8 e4m3 weights and per-token activations, ``torch._scaled_mm`` on compute capability
+  8.9+) is the other GPU economy candidate; ``scripts/gpu_check.py`` measures both against
+  FP16. None of the CUDA paths has run here: no GPU was lent.
 
 Batching is ``PaddedKVEngine``'s: each sequence's KV cache is a tensor held by the engine;
 a step's decode inputs run as one left-padded batch (padding masked by ``attention_mask``,
@@ -22,7 +27,11 @@ decoding a sequence's tokens are then the same batched as alone (tested against
 ``generate``).
 
 The KV shape (layers, KV heads, head size) is read from one probe forward at load, so the
-engine needs nothing from the config beyond what ``transformers`` itself reads.
+engine needs nothing from the config beyond what ``transformers`` itself reads. On CUDA the
+engine states a KV budget (``extra["kv_budget_bytes"]``: ``KV_FRACTION`` of the device
+memory free after loading) that the scheduler admits and preempts against unless
+``kv_cache_mb`` sets one; the scheduler counts cached tokens, and a sequence's tensor grows
+by doubling, so the memory held can reach twice the count (untested: no GPU was lent).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +50,10 @@ from infermeter.runtime.torch_batching import PaddedKVEngine, TimerFactory, impo
 
 BACKEND = "transformers"
 CPU_PRECISIONS = (Precision.FP32, Precision.BF16, Precision.INT8)
-CUDA_PRECISIONS = (Precision.FP16, Precision.BF16, Precision.FP32)
+CUDA_PRECISIONS = (Precision.FP16, Precision.BF16, Precision.FP32, Precision.INT8)
 INT8_RECIPE = "weight-only int8 Linear (per-output-channel scales), bf16 activations"
 DEFAULT_MAX_SEQ_LEN = 4096  # cap on the context a model's config may claim (KV memory)
+KV_FRACTION = 0.9  # of the device memory free after loading, for the KV budget on CUDA
 
 
 def precisions_for(device: str) -> tuple[Precision, ...]:
@@ -69,7 +80,11 @@ def load_causal_lm(model_dir: Path, precision: Precision, device: str = "cpu") -
         raise ConfigError(
             "the transformers backend needs transformers: pip install 'infermeter[hf]'"
         ) from exc
-    half = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16, Precision.INT8: torch.bfloat16}
+    cuda = torch.device(device).type == "cuda"
+    if precision == Precision.INT8 and cuda:
+        require_int8_kernel(torch, device)
+    half = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16,
+            Precision.INT8: torch.float16 if cuda else torch.bfloat16}  # fmt: skip
     dtype = half.get(precision, torch.float32)
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(
@@ -95,6 +110,80 @@ def quantize_int8(model: Any) -> Any:
             if isinstance(child, torch.nn.Linear):
                 setattr(module, child_name, linear(child))
     return model
+
+
+def require_int8_kernel(torch: Any, device: str) -> None:
+    """ConfigError unless this torch has ``_weight_int8pack_mm`` for ``device`` (one tiny call)."""
+    dev = torch.device(device)
+    try:
+        x = torch.ones((1, 32), dtype=torch.float16, device=dev)
+        q = torch.ones((8, 32), dtype=torch.int8, device=dev)
+        torch._weight_int8pack_mm(x, q, torch.ones(8, dtype=torch.float16, device=dev))
+    except (RuntimeError, NotImplementedError, AssertionError) as exc:  # no kernel, no CUDA build
+        raise ConfigError(
+            f"torch {torch.__version__} has no weight-only int8 kernel (_weight_int8pack_mm) for "
+            f"{dev.type}: {str(exc).splitlines()[0]}; serve fp16 or bf16 there instead"
+        ) from exc
+
+
+def quantize_fp8(model: Any) -> Any:
+    """Every ``nn.Linear`` of ``model`` replaced by an FP8 (e4m3) Linear, in place (see
+    ``Fp8Linear``); measured for drift by ``scripts/gpu_check.py``, not routed: the router's
+    economy slot is INT8."""
+    torch = import_torch()
+    linear = _fp8_linear_class(torch)
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, child_name, linear(child))
+    return model
+
+
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn
+_FP8_LINEAR: list[type] = []
+
+
+def _fp8_linear_class(torch: Any) -> type:
+    """The FP8 e4m3 Linear class: per-output-channel weight scales, per-token activation scales.
+
+    ``forward`` runs ``torch._scaled_mm`` (row-wise scales, bf16 out) where the weights live on
+    a CUDA device of compute capability 8.9 or newer (Ada, Hopper); elsewhere it computes the
+    same quantized product by dequantizing, which is what the CPU tests check the math with.
+    """
+    if _FP8_LINEAR:
+        return _FP8_LINEAR[0]
+
+    class Fp8Linear(torch.nn.Module):  # type: ignore[misc]
+        """``y ≈ (x_q · sx) @ (w_q · sw).T + b`` with ``x_q``, ``w_q`` in float8_e4m3fn."""
+
+        def __init__(self, linear: Any) -> None:
+            super().__init__()
+            weight = linear.weight.detach().float()
+            scales = weight.abs().amax(dim=1).clamp(min=1e-12) / FP8_MAX
+            self.register_buffer("qweight", (weight / scales[:, None]).to(torch.float8_e4m3fn).contiguous())
+            self.register_buffer("scales", scales.contiguous())  # float32 [out]
+            self.bias = linear.bias
+            self.out_features = int(weight.shape[0])
+            dev = weight.device
+            self.fused = dev.type == "cuda" and torch.cuda.get_device_capability(dev) >= (8, 9)
+
+        def forward(self, x: Any) -> Any:
+            flat = x.reshape(-1, x.shape[-1])
+            x_scales = flat.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+            xq = (flat.float() / x_scales).to(torch.float8_e4m3fn)
+            if self.fused:
+                y = torch._scaled_mm(
+                    xq, self.qweight.t(), scale_a=x_scales, scale_b=self.scales[None, :],
+                    out_dtype=torch.bfloat16,
+                ).to(x.dtype)  # fmt: skip
+            else:
+                w = self.qweight.float() * self.scales[:, None]
+                y = ((xq.float() * x_scales) @ w.t()).to(x.dtype)
+            y = y.reshape(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
+
+    _FP8_LINEAR.append(Fp8Linear)
+    return Fp8Linear
 
 
 _INT8_LINEAR: list[type] = []
@@ -161,10 +250,36 @@ class HFEngine(PaddedKVEngine):
         """Load ``model_dir`` onto ``device`` in ``precision`` and probe its KV shape."""
         torch = import_torch()
         model_dir = Path(model_dir)
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {device} asked for, but torch sees no CUDA device; use --device cpu")
         model = load_causal_lm(model_dir, precision, device)
+        return cls.from_model(
+            model, precision=precision, timer_factory=timer_factory, device=device,
+            max_batch=max_batch, max_seq_len=max_seq_len, engine_id=engine_id,
+            model_name=model_name or _saved_name(model_dir), device_class=device_class,
+            extra={"model_dir": str(model_dir)},
+        )  # fmt: skip
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        *,
+        precision: Precision,
+        timer_factory: TimerFactory,
+        device: str = "cpu",
+        max_batch: int = 16,
+        max_seq_len: int | None = None,
+        engine_id: str | None = None,
+        model_name: str = "model",
+        device_class: str | None = None,
+        recipe: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> HFEngine:
+        """An engine over a ``transformers`` causal LM already in ``precision`` on ``device``
+        (``load`` reads one from a folder; ``scripts/gpu_check.py`` builds one from a config)."""
+        torch = import_torch()
+        dev = torch.device(device)
         layers, kv_heads, head_dim, kv_dtype = _probe_kv(torch, model, dev)
         config = model.config
         context = _context(config)
@@ -172,20 +287,22 @@ class HFEngine(PaddedKVEngine):
         eos = _first_int(getattr(model.generation_config, "eos_token_id", None))
         if eos is None:
             eos = _first_int(getattr(config, "eos_token_id", None))
-        name = model_name or _saved_name(model_dir)
+        recipe = recipe or (INT8_RECIPE if precision == Precision.INT8 else None)
         info = EngineInfo(
-            engine_id=engine_id or f"{name}-{BACKEND}-{precision.value}-{dev.type}",
-            model=name, backend=BACKEND, precision=precision, device=str(dev),
+            engine_id=engine_id or f"{model_name}-{BACKEND}-{precision.value}-{dev.type}",
+            model=model_name, backend=BACKEND, precision=precision, device=str(dev),
             device_class=device_class or ("cuda" if dev.type == "cuda" else "cpu"),
             max_batch=max_batch, max_seq_len=limit,
             vocab_size=int(config.get_text_config().vocab_size), eos_token_id=eos,
             num_layers=layers, num_kv_heads=kv_heads, head_dim=head_dim,
             kv_bytes_per_element=torch.empty((), dtype=kv_dtype).element_size(),
-            extra={"model_dir": str(model_dir), "architecture": type(model).__name__,
-                   "torch_version": str(torch.__version__),
-                   **({"recipe": INT8_RECIPE} if precision == Precision.INT8 else {})},
+            extra={**(extra or {}), "architecture": type(model).__name__,
+                   "torch_version": str(torch.__version__), **({"recipe": recipe} if recipe else {})},
         )  # fmt: skip
         stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+        if dev.type == "cuda":  # the KV budget: most of what the weights left free
+            free, _total = torch.cuda.mem_get_info(dev)
+            info = replace(info, extra={**info.extra, "kv_budget_bytes": int(free * KV_FRACTION)})
         return cls(info, model, timer_factory, device=dev, kv_dtype=kv_dtype, stream=stream)
 
     def _groups(self, inputs: Sequence[SeqInput]) -> list[list[SeqInput]]:
@@ -282,5 +399,7 @@ __all__ = [
     "check_precision",
     "load_causal_lm",
     "precisions_for",
+    "quantize_fp8",
     "quantize_int8",
+    "require_int8_kernel",
 ]

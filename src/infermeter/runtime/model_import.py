@@ -7,7 +7,8 @@ SOURCE is one of:
 - a ``.gguf`` file: dequantized to FP32 through ``transformers``' GGUF loader
   (``from_pretrained(dir, gguf_file=...)``) and saved as a Hugging Face folder, together with
   the tokenizer and chat template the GGUF carries;
-- an Optimum ONNX export (a folder with model.onnx): built by the ONNX Runtime builder.
+- an Optimum ONNX export (a folder with model.onnx): built by the ONNX Runtime builder as FP32
+  and weight-only INT8 (``MatMulNBits``), the latter gated like the transformers one.
 
 For an HF or GGUF model the default engines of this machine are then built on the
 ``transformers`` backend: on the CPU FP32 and the economy INT8 engine (weight-only int8),
@@ -96,7 +97,7 @@ def import_model(
         raise ConfigError(f"SOURCE {str(source)!r} does not exist; give a .gguf file or a model folder")
     kind = source_kind(source)
     if kind == "onnx":
-        return _import_onnx(name, source, store, max_batch=max_batch, say=say)
+        return _import_onnx(name, source, store, max_batch=max_batch, force=force, say=say)
     target = store.model_root(name)
     say(f"importing {source.name} ({kind})")
     info = _normalize(kind, source, target)
@@ -264,7 +265,7 @@ def _from_gguf(source: Path, out: Path) -> None:
 
 
 def _import_onnx(
-    name: str, source: Path, store: EngineStore, *, max_batch: int, say: Progress
+    name: str, source: Path, store: EngineStore, *, max_batch: int, force: bool, say: Progress
 ) -> ImportResult:
     from infermeter.runtime.compile.builder import build_engine, model_context, resolve_source
 
@@ -278,7 +279,7 @@ def _import_onnx(
         args = BuildArgs(
             str(source), "onnxruntime", precision, max_batch, model_context(model_source), model_name=name
         )
-        engines.append(build_engine(args, store, models_dir=store.home / "models"))
+        engines.append(build_engine(args, store, models_dir=store.home / "models", force=force))
     return ImportResult(record, tuple(engines))
 
 

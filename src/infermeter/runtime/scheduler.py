@@ -9,6 +9,16 @@ No clocks, threads or devices. Each step the scheduler fills a per-step token bu
 
 New requests therefore join running batches at the next step, and ``flex`` work only uses
 the budget that ``default`` work leaves.
+
+KV memory (``kv_budget_tokens``, optional): the KV-cache tokens all running sequences may
+hold together. A waiting request joins only while its whole prompt and one new token fit
+beside what the running ones hold and will add this step. When the running sequences' next
+tokens would not fit, the newest ``flex`` sequence is preempted (then the newest of any
+tier): it leaves the batch, its cache is dropped (``StepPlan.preempted``: the worker
+releases it in the engine) and it waits at the head of its tier to be recomputed, its
+prompt and the tokens it has generated prefilled again without sampling, after which it
+decodes on. The budget must hold one sequence of ``max_seq_len``, so the oldest running
+sequence always fits.
 """
 
 from __future__ import annotations
@@ -35,10 +45,16 @@ class SchedulerConfig:
     token_budget: int = 512  # new tokens per step, all sequences together
     prefill_chunk: int = 256  # most prompt tokens one sequence prefills in one step
     max_seq_len: int = 1024
+    kv_budget_tokens: int | None = None  # KV tokens all running sequences hold; None = no limit
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.token_budget < 1 or self.prefill_chunk < 1:
             raise ValueError(f"scheduler limits must be >= 1, got {self}")
+        if self.kv_budget_tokens is not None and self.kv_budget_tokens < self.max_seq_len:
+            raise ValueError(
+                f"a KV budget of {self.kv_budget_tokens} tokens cannot hold one sequence of the "
+                f"engine's context ({self.max_seq_len} tokens); give at least that"
+            )
 
 
 @dataclass(slots=True)
@@ -54,10 +70,16 @@ class SeqState:
     computed: int = 0
     output: list[int] = field(default_factory=list)
     finished: FinishReason | None = None
+    prefix: int = -1  # tokens to prefill before decoding: the prompt, or more after preemption
+    preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prefix < 0:
+            self.prefix = len(self.prompt)
 
     @property
     def prefilling(self) -> bool:
-        return self.computed < len(self.prompt)
+        return self.computed < self.prefix
 
     @property
     def length(self) -> int:
@@ -81,6 +103,7 @@ class PlanItem:
 @dataclass(frozen=True, slots=True)
 class StepPlan:
     items: tuple[PlanItem, ...]
+    preempted: tuple[str, ...] = ()  # sequences whose KV cache the engine must drop now
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -160,6 +183,7 @@ class Scheduler:
     def schedule(self) -> StepPlan:
         budget = self.config.token_budget
         items: list[PlanItem] = []
+        preempted = self._preempt_for_growth()
         running = sorted(self._running, key=lambda s: (TIER_RANK[s.tier], s.arrival))
         for seq in running:
             if budget == 0:
@@ -176,18 +200,51 @@ class Scheduler:
                 budget -= len(item.tokens)
         self._waiting.sort(key=lambda s: (TIER_RANK[s.tier], s.arrival))
         while self._waiting and budget > 0 and len(self._running) < self.config.max_batch:
+            if not self._fits(self._waiting[0]):
+                break
             seq = self._waiting.pop(0)
             self._running.append(seq)
             item = self._prefill_item(seq, budget)
             items.append(item)
             budget -= len(item.tokens)
-        return StepPlan(tuple(items))
+        return StepPlan(tuple(items), preempted)
 
     def _prefill_item(self, seq: SeqState, budget: int) -> PlanItem:
-        n = min(len(seq.prompt) - seq.computed, budget, self.config.prefill_chunk)
-        chunk = tuple(seq.prompt[seq.computed : seq.computed + n])
-        completes = seq.computed + n == len(seq.prompt)
+        n = min(seq.prefix - seq.computed, budget, self.config.prefill_chunk)
+        chunk = tuple([*seq.prompt, *seq.output][seq.computed : seq.computed + n])
+        # a fresh prompt's last chunk samples the first token; a recompute ends before the
+        # last generated token, which the next step decodes
+        completes = seq.computed + n == seq.prefix and not seq.output
         return PlanItem(seq.request_id, chunk, seq.computed, completes, False)
+
+    # KV memory ------------------------------------------------------------------
+    def kv_tokens(self) -> int:
+        """KV-cache tokens the running sequences hold now."""
+        return sum(s.computed for s in self._running)
+
+    def _reserved(self) -> int:
+        """KV tokens the running sequences hold once each has decoded its next token (a
+        prefilling one counts its whole prefix: admission reserved it)."""
+        return sum((s.prefix if s.prefilling else s.computed) + 1 for s in self._running)
+
+    def _fits(self, seq: SeqState) -> bool:
+        """Whether ``seq``'s whole prefix and one token fit beside the running sequences."""
+        limit = self.config.kv_budget_tokens
+        return limit is None or self._reserved() + seq.prefix + 1 <= limit
+
+    def _preempt_for_growth(self) -> tuple[str, ...]:
+        """Preempt newest-flex-first until every running sequence's next token fits."""
+        limit = self.config.kv_budget_tokens
+        out: list[str] = []
+        while limit is not None and len(self._running) > 1 and self._reserved() > limit:
+            victim = max(self._running, key=lambda s: (TIER_RANK[s.tier], s.arrival))
+            self._running.remove(victim)
+            victim.computed = 0
+            victim.prefix = max(len(victim.prompt), victim.length - 1)
+            victim.preemptions += 1
+            self._waiting.append(victim)
+            out.append(victim.request_id)
+        return tuple(out)
 
     # results ------------------------------------------------------------------
     def update(self, plan: StepPlan, sampled: Mapping[str, int]) -> list[Finished]:

@@ -325,7 +325,10 @@ class Worker:
         return pool[self.steps % len(pool)]
 
     def _step(self, slot: _EngineSlot) -> None:
-        plan = self._within_caps(slot, slot.scheduler.schedule())
+        scheduled = slot.scheduler.schedule()
+        for seq_id in scheduled.preempted:  # over the KV budget: recomputed when readmitted
+            slot.engine.release(seq_id)
+        plan = self._within_caps(slot, scheduled)
         if not plan:
             return
         now = time.monotonic_ns()

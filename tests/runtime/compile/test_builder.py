@@ -11,11 +11,15 @@ from typing import Any
 import onnxruntime as ort  # type: ignore[import-untyped]  # ships no type information
 import pytest
 
+from infermeter.app.engines import gate_refusal
 from infermeter.core.errors import ConfigError
 from infermeter.core.types import Precision
 from infermeter.runtime.builtin_model import BUILTIN_MODEL_NAME
+from infermeter.runtime.compile import economy_gate
 from infermeter.runtime.compile.builder import build_engine, resolve_source, source_spec
+from infermeter.runtime.compile.drift import DRIFT_PROMPTS
 from infermeter.runtime.compile.metadata import BuildArgs, EngineRecord
+from infermeter.runtime.compile.testmodel import write_test_model
 from infermeter.runtime.engine_store import EngineStore, file_sha256, onnxruntime_env
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -76,17 +80,37 @@ def test_record_carries_the_build_facts(fp32: EngineRecord) -> None:
     assert fp32.cost_model["version"] == "token-proportional-v1"
 
 
-def test_int8_engine_is_quantized_with_its_drift_stored(
+def test_int8_engine_is_weight_only_with_its_gate_and_drift_stored(
     store: EngineStore, int8: EngineRecord, fp32: EngineRecord
 ) -> None:
-    """INT8: a different artifact, a Q/DQ recipe, the calibration fingerprint and its drift."""
+    """INT8: a different artifact, the MatMulNBits recipe, and the gate's figures and drift."""
     assert int8.sha256 != fp32.sha256 and int8.source_sha256 == fp32.sha256
-    assert int8.options["format"] == "QDQ" and int8.options["quantized_nodes"] > 0
-    assert int8.options["calibration"]["source"] == "infermeter module docstrings"
-    assert int8.drift is not None and 0 < int8.drift.token_agreement <= 1
+    assert int8.options["format"] == "MatMulNBits" and int8.options["quantized_nodes"] > 0
+    assert int8.options["calibration"] is None
+    gate = economy_gate.GateReport.from_json(int8.options["gate"])
+    assert gate.prompts == len(DRIFT_PROMPTS) and gate.positions > 0 and not gate.forced
+    assert gate.ms_per_token > 0 and gate.fp32_ms_per_token > 0
+    assert int8.drift == gate.drift and int8.drift.token_agreement > 0.9
     stored = json.loads((store.path(int8) / "metadata.json").read_text())
-    assert stored["drift"]["max_logit_diff"] == int8.drift.max_logit_diff
+    assert stored["options"]["gate"] == int8.options["gate"]
     assert {r.engine_id for r in store.list("tiny-user")} >= {int8.engine_id, fp32.engine_id}
+
+
+def test_the_gate_verdict_follows_its_figures(int8: EngineRecord) -> None:
+    """The record's verdict is the thresholds applied to its own measured figures."""
+    gate = economy_gate.GateReport.from_json(int8.options["gate"])
+    again = economy_gate.decide(
+        gate.token_agreement, gate.max_logit_diff, gate.ms_per_token, gate.fp32_ms_per_token,
+        prompts=gate.prompts, positions=gate.positions,
+    )  # fmt: skip
+    assert (again.passed, again.reasons) == (gate.passed, gate.reasons)
+
+
+def test_a_forced_int8_build_serves_whatever_its_figures(store: EngineStore, user_model: Path) -> None:
+    """force=True records the figures and marks the build forced, so the gate never refuses it."""
+    args = BuildArgs(source_spec(str(user_model)), "onnxruntime", Precision.INT8, 4, 128)
+    record = build_engine(args, store, models_dir=store.home / "models", force=True)
+    assert record.options["gate"]["forced"] is True and gate_refusal(record) is None
 
 
 def test_an_identical_rebuild_is_the_same_engine(
@@ -98,15 +122,14 @@ def test_an_identical_rebuild_is_the_same_engine(
     assert sum(r.sha256 == int8.sha256 for r in store.list()) == 1
 
 
-def test_a_user_calibration_file_is_used_and_recorded(
+def test_a_calibration_file_is_refused_where_no_calibration_is_used(
     store: EngineStore, user_model: Path, tmp_path: Path
 ) -> None:
-    """--calibration changes the calibration set, and the record names it."""
+    """--calibration on ONNX Runtime's weight-only INT8 is an error naming the fix."""
     cal = tmp_path / "cal.txt"
     cal.write_text("Tenants pay for flex requests.\n\nThe quick brown fox jumps.\n")
-    record = build(store, user_model, Precision.INT8, calibration=str(cal))
-    assert record.options["calibration"]["source"] == str(cal)
-    assert record.build.command().endswith(f"--calibration {cal}")
+    with pytest.raises(ConfigError, match=r"TensorRT's static Q/DQ INT8 only.*drop --calibration"):
+        build(store, user_model, Precision.INT8, calibration=str(cal))
 
 
 def test_fp16_engine_halves_the_kv_cache(store: EngineStore, user_model: Path) -> None:
@@ -150,11 +173,14 @@ def test_limits_beyond_the_model_and_bad_sources_are_refused(store: EngineStore,
         resolve_source(str(store.home), store.home)
 
 
-def test_a_failed_build_leaves_nothing_behind(store: EngineStore, user_model: Path) -> None:
-    """A build that fails half way leaves no staging directory and no index row."""
+def test_a_failed_build_leaves_nothing_behind(store: EngineStore, tmp_path: Path) -> None:
+    """A build that fails half way (its tokenizer unreadable at the gate) leaves no staging
+    directory and no index row."""
+    broken = write_test_model(tmp_path / "broken", name="broken-model")
+    (broken / "tokenizer.json").write_text('{"version": "1.0"}')
     before = store.list()
-    with pytest.raises(ValueError, match="cannot read calibration file"):
-        build(store, user_model, Precision.INT8, calibration="/no/such/file.txt")
+    with pytest.raises(Exception, match="Model missing"):  # the tokenizers library's own error
+        build(store, broken, Precision.INT8)
     assert store.list() == before
     assert not list((store.root / ".staging").iterdir())
 

@@ -1,4 +1,5 @@
-"""Precision graphs: FP16 keeps sensitive ops in FP32; INT8 is symmetric Q/DQ on weights."""
+"""Precision graphs: FP16 keeps sensitive ops in FP32; INT8 is weight-only MatMulNBits (ONNX
+Runtime) or symmetric Q/DQ on weights (TensorRT)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from infermeter.runtime.compile.onnx_precision import (
     calibration_feeds,
     convert_fp16,
     quantize_int8,
+    quantize_weight_only_int8,
 )
 from infermeter.runtime.compile.quantization_data import default_texts, read_texts, texts_sha256
 from infermeter.runtime.engine import EngineInfo
@@ -175,3 +177,49 @@ def test_user_calibration_files_text_and_jsonl(tmp_path: Path) -> None:
         read_texts(tmp_path / "empty.txt")
     with pytest.raises(ValueError, match="cannot read calibration file"):
         read_texts(tmp_path / "missing.txt")
+
+
+@pytest.fixture(scope="module")
+def weight_only(user_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    out = tmp_path_factory.mktemp("weight-only") / "model.onnx"
+    return out, quantize_weight_only_int8(user_model / "model.onnx", out)
+
+
+def test_weight_only_int8_fuses_every_weight_matmul_into_matmulnbits(
+    user_model: Path, weight_only: tuple[Path, dict[str, object]]
+) -> None:
+    """Each MatMul with a constant weight becomes one 8-bit MatMulNBits; nothing dequantizes
+    per step (no DequantizeLinear), and the recipe names the bits and block size."""
+    source = onnx.load(str(user_model / "model.onnx"))
+    weights = {i.name for i in source.graph.initializer}
+    expected = sum(1 for n in source.graph.node if n.op_type == "MatMul" and n.input[1] in weights)
+    out, recipe = weight_only
+    ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
+    nbits = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
+    assert ops["MatMulNBits"] == expected == recipe["quantized_nodes"]
+    assert ops["DequantizeLinear"] == 0 and ops["QuantizeLinear"] == 0
+    attrs = {a.name: a.i for a in nbits[0].attribute}
+    assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (8, 32, 4)
+    assert recipe["format"] == "MatMulNBits" and recipe["calibration"] is None
+
+
+def test_weight_only_int8_stays_close_to_fp32(
+    user_model: Path, info: EngineInfo, weight_only: tuple[Path, dict[str, object]]
+) -> None:
+    """The weight-only graph's logits differ from FP32's, but by little, with the same argmax."""
+    ids = load_tokenizer(user_model).encode(PROMPT)
+    a, b = _logits(user_model / "model.onnx", info, ids), _logits(weight_only[0], info, ids)
+    diff = float(np.max(np.abs(a - b)))
+    assert 0 < diff < 0.5
+    assert float(np.mean(np.argmax(a, -1) == np.argmax(b, -1))) > 0.9
+
+
+def test_a_graph_without_weight_matmuls_has_nothing_to_quantize(tmp_path: Path) -> None:
+    """A graph with no constant-weight MatMul is refused by name, not written unchanged."""
+    x = onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = onnx.helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    src = tmp_path / "relu.onnx"
+    onnx.save(onnx.helper.make_model(graph), str(src))
+    with pytest.raises(ValueError, match=r"relu\.onnx has no MatMul with a constant weight"):
+        quantize_weight_only_int8(src, tmp_path / "out.onnx")

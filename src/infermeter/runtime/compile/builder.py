@@ -4,8 +4,11 @@
    use), a model directory (``model.onnx`` + ``config.json`` [+ tokenizer files]), or an
    ONNX file whose directory holds the config.
 2. Plan the shape profiles (``profiles.plan_profiles``) within the model's context.
-3. Make the precision-specific graph: FP32 as is, FP16 converted, INT8 quantized over the
-   calibration set, with its drift against FP32 measured on the fixed prompt set.
+3. Make the precision-specific graph: FP32 as is, FP16 converted, INT8 quantized. ONNX
+   Runtime's INT8 is weight-only (``MatMulNBits``) and must pass the economy gate against the
+   FP32 graph (``onnx_gate``: drift and decode speed); a build that fails is indexed with its
+   figures in ``options.gate`` and kept out of serving unless ``force``. TensorRT's INT8 is
+   static Q/DQ over the calibration set, with its drift measured (no gate: never run here).
 4. Make the backend's artifact: the graph itself (ONNX Runtime), a TensorRT plan, or the
    weights in the precision (PyTorch).
 5. Hash it, write the metadata record, move it into the store and index it.
@@ -108,11 +111,13 @@ def build_engine(
     models_dir: Path,
     device: str = "cpu",
     progress: Progress | None = None,
+    force: bool = False,
 ) -> EngineRecord:
     """Build the engine ``args`` describes into ``store``; returns its indexed record.
 
     ``device`` is where a torch engine will run ("cpu" or "cuda[:i]"); TensorRT builds for
-    the first GPU. Raises ConfigError for an unsupported backend/precision or source.
+    the first GPU. ``force`` serves an INT8 build that fails the economy gate. Raises
+    ConfigError for an unsupported backend/precision or source.
     """
     say = progress or (lambda _what, _done: None)
     allowed = BACKEND_PRECISIONS.get(args.backend)
@@ -121,6 +126,11 @@ def build_engine(
     if args.precision not in allowed:
         raise ConfigError(
             f"backend {args.backend} builds {', '.join(p.value for p in allowed)}, not {args.precision.value}"
+        )
+    if args.calibration is not None and (args.backend, args.precision) != ("tensorrt", Precision.INT8):
+        raise ConfigError(
+            f"--calibration {args.calibration} applies to TensorRT's static Q/DQ INT8 only; "
+            f"{args.backend} {args.precision.value} needs no calibration set; drop --calibration"
         )
     started = time.perf_counter()
     say("reading the model", 0.02)
@@ -142,7 +152,7 @@ def build_engine(
                 shutil.copy2(source.model_dir / name, staging / name)
         work = staging / ".work"
         work.mkdir()
-        graph, recipe, drift = _precision_graph(args, source, info, work, say)
+        graph, recipe, drift = _precision_graph(args, source, info, work, say, force)
         say(f"making the {args.backend} artifact", 0.75)
         artifact, options = _artifact(args, source, info, graph, staging, profiles, device, store.root, say)
         shutil.rmtree(work)
@@ -183,7 +193,7 @@ def _environment(backend: str, device: str) -> RuntimeEnv:
 
 
 def _precision_graph(
-    args: BuildArgs, source: ModelSource, info: EngineInfo, work: Path, say: Progress
+    args: BuildArgs, source: ModelSource, info: EngineInfo, work: Path, say: Progress, force: bool
 ) -> tuple[Path, dict[str, Any], DriftReport | None]:
     """The ONNX graph in the engine's precision (the source itself for FP32 and torch)."""
     if args.precision in (Precision.FP32, Precision.BF16) or args.backend == "torch":
@@ -192,6 +202,8 @@ def _precision_graph(
     if args.precision == Precision.FP16:
         say("converting to FP16 (LayerNorm, Softmax, reductions kept in FP32)", 0.2)
         return out, onnx_precision.convert_fp16(source.onnx_path, out), None
+    if args.backend == "onnxruntime":
+        return _weight_only_int8(source, info, out, say, force)
     if args.calibration is None:
         texts, origin = quantization_data.default_texts(), "infermeter module docstrings"
     else:
@@ -205,6 +217,20 @@ def _precision_graph(
     say("measuring INT8 drift against FP32", 0.55)
     drift = measure_drift(source.onnx_path, out, info, tokenizer)
     return out, recipe, drift
+
+
+def _weight_only_int8(
+    source: ModelSource, info: EngineInfo, out: Path, say: Progress, force: bool
+) -> tuple[Path, dict[str, Any], DriftReport]:
+    """Weight-only int8 (``MatMulNBits``), then the economy gate against the FP32 graph."""
+    from infermeter.runtime.compile.onnx_gate import gate_onnx_int8
+
+    say("quantizing the weights to int8 (MatMulNBits)", 0.2)
+    recipe = onnx_precision.quantize_weight_only_int8(source.onnx_path, out)
+    say("gating INT8 on drift and speed against FP32", 0.5)
+    tokenizer = load_tokenizer(source.model_dir)
+    gate = gate_onnx_int8(source.model_dir, source.onnx_path, out, info, tokenizer, forced=force)
+    return out, recipe | {"gate": gate.to_json()}, gate.drift
 
 
 def _artifact(
