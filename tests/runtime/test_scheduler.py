@@ -135,3 +135,22 @@ def test_bad_requests_are_rejected() -> None:
         s.add("a", [1], max_tokens=0)
     with pytest.raises(ValueError, match="at most 7"):
         s.add("a", [1] * 8, max_tokens=1)
+
+
+def test_priority_is_admitted_before_older_default() -> None:
+    """Waiting priority requests join the batch ahead of older default and flex requests."""
+    s = Scheduler(SchedulerConfig(max_batch=1, token_budget=100))
+    s.add("flex", [1], max_tokens=1, tier=ServiceTier.FLEX)
+    s.add("default", [1], max_tokens=1)
+    s.add("priority", [1], max_tokens=1, tier=ServiceTier.PRIORITY)
+    assert [i.request_id for i in s.schedule().items] == ["priority"]
+
+
+def test_default_uses_only_the_budget_priority_leaves() -> None:
+    """When the budget is tight, priority decodes are planned before default decodes."""
+    s = Scheduler(SchedulerConfig(max_batch=4, token_budget=100))
+    s.add("d", [1], max_tokens=9)
+    s.add("p", [1], max_tokens=9, tier=ServiceTier.PRIORITY)
+    drive(s)
+    s.config = SchedulerConfig(max_batch=4, token_budget=1)
+    assert [i.request_id for i in s.schedule().items] == ["p"]

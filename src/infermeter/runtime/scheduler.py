@@ -2,13 +2,14 @@
 
 No clocks, threads or devices. Each step the scheduler fills a per-step token budget:
 
-1. running sequences in decode, one token each — ``default`` tier before ``flex``;
+1. running sequences in decode, one token each — ``priority``, then ``default``, then ``flex``;
 2. running sequences still in prefill, next chunk;
-3. waiting requests join the running batch (up to ``max_batch``), ``default`` before
-   ``flex``, oldest first; a long prompt is prefilled in chunks over several steps.
+3. waiting requests join the running batch (up to ``max_batch``), ``priority`` before
+   ``default`` before ``flex``, oldest first; a long prompt is prefilled in chunks over
+   several steps.
 
-New requests therefore join running batches at the next step, and ``flex`` work only uses
-the budget that ``default`` work leaves.
+New requests therefore join running batches at the next step, ``default`` work only uses
+the budget that ``priority`` work leaves, and ``flex`` what both leave.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from enum import StrEnum
 from infermeter.core.records import Participant
 from infermeter.core.types import ServiceTier
 
-TIER_RANK = {ServiceTier.DEFAULT: 0, ServiceTier.FLEX: 1}
+TIER_RANK = {ServiceTier.PRIORITY: -1, ServiceTier.DEFAULT: 0, ServiceTier.FLEX: 1}
 
 
 class FinishReason(StrEnum):

@@ -5,9 +5,10 @@ One worker per device. It owns one scheduler per engine and repeats
 to the metering sink, and every finished request a ``FinishedRequest`` handed to the sink,
 which prices it, makes it durable and only then calls the request's ``on_finish``.
 
-``flex`` work runs below ``default`` work: when several engines have work, an engine whose
-requests are all ``flex`` gets a step only when no ``default`` engine has work, or once
-every ``flex_every`` steps so it is never starved.
+``priority`` work runs first: while an engine has ``priority`` requests, only such engines
+get steps. ``flex`` work runs below ``default`` work: when several engines have work, an
+engine whose requests are all ``flex`` gets a step only when no ``default`` engine has work,
+or once every ``flex_every`` steps so it is never starved.
 
 Fault isolation: an error caused by one request (its sampling, its stop strings, decoding
 its tokens, its callbacks) fails that request only (status ``failed``, priced at zero) and
@@ -315,6 +316,9 @@ class Worker:
         busy = [s for s in self._slots.values() if s.scheduler.has_work()]
         if not busy:
             return None
+        priority = [s for s in busy if s.scheduler.has_tier(ServiceTier.PRIORITY)]
+        if priority:  # priority work runs ahead of everything else, flex's turn included
+            return priority[self.steps % len(priority)]
         default = [s for s in busy if s.scheduler.has_tier(ServiceTier.DEFAULT)]
         flex_only = [s for s in busy if s not in default]
         if default and flex_only and self._since_flex < self._flex_every:
