@@ -10,6 +10,10 @@ No clocks, threads or devices. Each step the scheduler fills a per-step token bu
 
 New requests therefore join running batches at the next step, ``default`` work only uses
 the budget that ``priority`` work leaves, and ``flex`` what both leave.
+
+Given per-tier tenant ``counters`` (``runtime.fair_share``), step 3 admits within each tier
+always from the tenant with the smallest counter instead of oldest first (fair share by
+measured cost); without them it is first come, first served.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from fractions import Fraction
 
 from infermeter.core.records import Participant
 from infermeter.core.types import ServiceTier
@@ -55,6 +60,8 @@ class SeqState:
     computed: int = 0
     output: list[int] = field(default_factory=list)
     finished: FinishReason | None = None
+    tenant: str = ""
+    weight: Fraction = Fraction(1)  # fair-share weight of its tenant
 
     @property
     def prefilling(self) -> bool:
@@ -112,6 +119,8 @@ class Scheduler:
         max_tokens: int,
         tier: ServiceTier = ServiceTier.DEFAULT,
         eos_token_id: int | None = None,
+        tenant: str = "",
+        weight: Fraction = Fraction(1),
     ) -> SeqState:
         tokens = list(prompt)
         if not tokens:
@@ -122,7 +131,9 @@ class Scheduler:
             raise ValueError(
                 f"prompt has {len(tokens)} tokens; the engine accepts at most {self.config.max_seq_len - 1}"
             )
-        seq = SeqState(request_id, tier, tokens, max_tokens, self._arrivals, eos_token_id)
+        seq = SeqState(
+            request_id, tier, tokens, max_tokens, self._arrivals, eos_token_id, tenant=tenant, weight=weight
+        )
         self._arrivals += 1
         self._waiting.append(seq)
         return seq
@@ -157,8 +168,22 @@ class Scheduler:
     def has_tier(self, tier: ServiceTier) -> bool:
         return any(s.tier == tier for s in (*self._running, *self._waiting))
 
+    def tenants(self, tier: ServiceTier) -> set[str]:
+        """The tenants with a request of ``tier`` waiting or running here."""
+        return {s.tenant for s in (*self._running, *self._waiting) if s.tier == tier}
+
     # planning -----------------------------------------------------------------
-    def schedule(self) -> StepPlan:
+    def schedule(
+        self,
+        counters: Mapping[ServiceTier, Mapping[str, Fraction]] | None = None,
+        us_per_token: Fraction = Fraction(1),
+    ) -> StepPlan:
+        """The next step's plan; ``counters`` (tier -> tenant -> virtual counter) turn on fair share.
+
+        Within one call, admitting a request charges its tenant's counter (a local copy) an
+        estimate, ``(prompt + max_tokens) * us_per_token / weight``, so the next pick sees it;
+        the caller's counters then carry the measured cost.
+        """
         budget = self.config.token_budget
         items: list[PlanItem] = []
         running = sorted(self._running, key=lambda s: (TIER_RANK[s.tier], s.arrival))
@@ -175,7 +200,7 @@ class Scheduler:
                 item = self._prefill_item(seq, budget)
                 items.append(item)
                 budget -= len(item.tokens)
-        self._waiting.sort(key=lambda s: (TIER_RANK[s.tier], s.arrival))
+        self._waiting = self._admission_order(counters, us_per_token)
         while self._waiting and budget > 0 and len(self._running) < self.config.max_batch:
             seq = self._waiting.pop(0)
             self._running.append(seq)
@@ -183,6 +208,30 @@ class Scheduler:
             items.append(item)
             budget -= len(item.tokens)
         return StepPlan(tuple(items))
+
+    def _admission_order(
+        self, counters: Mapping[ServiceTier, Mapping[str, Fraction]] | None, us_per_token: Fraction
+    ) -> list[SeqState]:
+        fifo = sorted(self._waiting, key=lambda s: (TIER_RANK[s.tier], s.arrival))
+        if counters is None:
+            return fifo
+        order: list[SeqState] = []
+        for tier in sorted({s.tier for s in fifo}, key=TIER_RANK.__getitem__):
+            queues: dict[str, list[SeqState]] = {}
+            for s in fifo:
+                if s.tier == tier:
+                    queues.setdefault(s.tenant, []).append(s)
+            local = {t: counters.get(tier, {}).get(t, Fraction(0)) for t in queues}
+            heads = {t: 0 for t in queues}
+            while heads:
+                t = min(heads, key=lambda u: (local[u], queues[u][heads[u]].arrival))
+                seq = queues[t][heads[t]]
+                order.append(seq)
+                local[t] += (len(seq.prompt) + seq.max_tokens) * us_per_token / seq.weight
+                heads[t] += 1
+                if heads[t] == len(queues[t]):
+                    del heads[t]
+        return order
 
     def _prefill_item(self, seq: SeqState, budget: int) -> PlanItem:
         n = min(len(seq.prompt) - seq.computed, budget, self.config.prefill_chunk)
