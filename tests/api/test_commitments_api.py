@@ -28,6 +28,8 @@ def test_a_commitment_is_stored_and_listed(fake_server: LiveServer) -> None:
                 tenant="alpha", ru_per_month="1000000", per_1000_ru="0.0015")  # fmt: skip
     assert made.status_code == 201, made.text
     assert made.json()["tier"] == "default" and made.json()["end_at"] is None
+    now = datetime.now(UTC)
+    assert fake_server.service.prices.weight(made.json()["tenant_id"], now) == 2  # fair-share weight
     fake_server.client().chat.completions.create(model="tiny-gpt", messages=HELLO, max_tokens=2)
     mine = call(fake_server, "GET", "/v1/commitments", fake_server.keys["alpha"]).json()
     assert [c["ru_per_month"] for c in mine["data"]] == ["1000000"]
@@ -35,6 +37,7 @@ def test_a_commitment_is_stored_and_listed(fake_server: LiveServer) -> None:
     assert float(use["covered_ru"]) > 0 and use["effective_ru"] != "1000000"  # prorated from now
     other = call(fake_server, "GET", "/v1/commitments", fake_server.keys["beta"]).json()
     assert other["data"] == []
+    assert fake_server.service.prices.weight(other["tenant_id"], now) == 1
 
 
 def test_bad_commitments_get_named_400s_and_unknown_tenants_404(fake_server: LiveServer) -> None:

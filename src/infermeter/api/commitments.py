@@ -53,6 +53,7 @@ def add_commitment(request: Request, body: NewCommitment, key: ApiKey = Depends(
         tenant.tenant_id, body.ru_per_month, body.per_1000_ru, body.start_at, body.end_at, utc_now()
     )
     stored: dict[str, Any] = svc.store.add_commitment(made).to_json()
+    svc.prices.invalidate()  # the tenant's scheduling weight changes at once
     return stored
 
 
