@@ -1,7 +1,8 @@
 """Fair share within a tier: virtual token counters (VTC) charged with *measured* cost.
 
-One counter per tenant per tier, in attributed device-µs divided by the tenant's weight
-(exact ``Fraction``s). The worker owns the counters and keeps them up to date; the pure
+One counter per tenant per tier, in attributed device-µs divided by the tenant's weight, kept
+as an integer in units of 1/``SCALE`` µs (floored; soft state, not billing).
+The worker owns the counters and keeps them up to date; the pure
 scheduler only reads their values (``Scheduler.schedule(counters=...)``):
 
 - **Lift.** When a tenant's queue in a tier goes from empty to non-empty, its counter is
@@ -26,27 +27,34 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
 
+SCALE = 1_000_000  # counter units per µs
+
+
+def scaled(device_us: int, weight: Fraction) -> int:
+    """``device_us / weight`` in counter units (integers only: fast, floored)."""
+    return device_us * SCALE * weight.denominator // weight.numerator
+
 
 class VirtualCounters:
     """Per-tenant virtual counters of one tier (mutable; one thread owns it)."""
 
     def __init__(self) -> None:
-        self._c: dict[str, Fraction] = {}
+        self._c: dict[str, int] = {}
 
     def lift(self, tenant: str, backlogged: Iterable[str]) -> None:
         """``tenant`` just became backlogged; ``backlogged`` are the others waiting or running."""
-        others = [self._c.get(v, Fraction(0)) for v in backlogged if v != tenant]
-        floor = min(others) if others else Fraction(0)
-        self._c[tenant] = max(self._c.get(tenant, Fraction(0)), floor)
+        others = [self._c.get(v, 0) for v in backlogged if v != tenant]
+        floor = min(others) if others else 0
+        self._c[tenant] = max(self._c.get(tenant, 0), floor)
 
-    def charge(self, tenant: str, device_us: int, weight: Fraction | int = 1) -> None:
+    def charge(self, tenant: str, device_us: int, weight: Fraction = Fraction(1)) -> None:
         """Add ``device_us`` of measured, attributed time at ``weight`` (> 0)."""
         if weight <= 0:
             raise ValueError(f"a tenant's weight must be > 0, got {weight}")
-        self._c[tenant] = self._c.get(tenant, Fraction(0)) + Fraction(device_us) / Fraction(weight)
+        self._c[tenant] = self._c.get(tenant, 0) + scaled(device_us, weight)
 
-    def values(self) -> Mapping[str, Fraction]:
+    def values(self) -> Mapping[str, int]:
         return dict(self._c)
 
 
-__all__ = ["VirtualCounters"]
+__all__ = ["SCALE", "VirtualCounters", "scaled"]

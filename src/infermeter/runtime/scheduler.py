@@ -25,6 +25,14 @@ from fractions import Fraction
 
 from infermeter.core.records import Participant
 from infermeter.core.types import ServiceTier
+from infermeter.runtime.fair_share import SCALE
+
+
+def estimate(tokens: int, us_per_token: Fraction, weight: Fraction) -> int:
+    """An admission's charge in fair-share counter units (1e-6 µs): tokens x µs/token / weight."""
+    num = tokens * SCALE * us_per_token.numerator * weight.denominator
+    return num // (us_per_token.denominator * weight.numerator)
+
 
 TIER_RANK = {ServiceTier.PRIORITY: -1, ServiceTier.DEFAULT: 0, ServiceTier.FLEX: 1}
 
@@ -175,7 +183,7 @@ class Scheduler:
     # planning -----------------------------------------------------------------
     def schedule(
         self,
-        counters: Mapping[ServiceTier, Mapping[str, Fraction]] | None = None,
+        counters: Mapping[ServiceTier, Mapping[str, int]] | None = None,
         us_per_token: Fraction = Fraction(1),
     ) -> StepPlan:
         """The next step's plan; ``counters`` (tier -> tenant -> virtual counter) turn on fair share.
@@ -210,28 +218,33 @@ class Scheduler:
         return StepPlan(tuple(items))
 
     def _admission_order(
-        self, counters: Mapping[ServiceTier, Mapping[str, Fraction]] | None, us_per_token: Fraction
+        self, counters: Mapping[ServiceTier, Mapping[str, int]] | None, us_per_token: Fraction
     ) -> list[SeqState]:
+        """The waiting queue in admission order: its first ``max_batch - running`` by counters."""
         fifo = sorted(self._waiting, key=lambda s: (TIER_RANK[s.tier], s.arrival))
-        if counters is None:
+        room = self.config.max_batch - len(self._running)
+        if counters is None or room <= 0:
             return fifo
-        order: list[SeqState] = []
+        picked: list[SeqState] = []
         for tier in sorted({s.tier for s in fifo}, key=TIER_RANK.__getitem__):
             queues: dict[str, list[SeqState]] = {}
             for s in fifo:
                 if s.tier == tier:
                     queues.setdefault(s.tenant, []).append(s)
-            local = {t: counters.get(tier, {}).get(t, Fraction(0)) for t in queues}
-            heads = {t: 0 for t in queues}
-            while heads:
+            local = {t: counters.get(tier, {}).get(t, 0) for t in queues}
+            heads = dict.fromkeys(queues, 0)
+            while heads and len(picked) < room:
                 t = min(heads, key=lambda u: (local[u], queues[u][heads[u]].arrival))
                 seq = queues[t][heads[t]]
-                order.append(seq)
-                local[t] += (len(seq.prompt) + seq.max_tokens) * us_per_token / seq.weight
+                picked.append(seq)
+                local[t] += estimate(len(seq.prompt) + seq.max_tokens, us_per_token, seq.weight)
                 heads[t] += 1
                 if heads[t] == len(queues[t]):
                     del heads[t]
-        return order
+            if len(picked) >= room:
+                break
+        chosen = {id(s) for s in picked}
+        return picked + [s for s in fifo if id(s) not in chosen]
 
     def _prefill_item(self, seq: SeqState, budget: int) -> PlanItem:
         n = min(len(seq.prompt) - seq.computed, budget, self.config.prefill_chunk)

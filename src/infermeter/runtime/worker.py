@@ -446,7 +446,7 @@ class Worker:
             if req is not None:
                 self._vtc[req.tier].charge(req.tenant_id, shares.shares.get(item.request_id, 0), req.weight)
 
-    def fair_counters(self) -> dict[ServiceTier, dict[str, Fraction]]:
+    def fair_counters(self) -> dict[ServiceTier, dict[str, int]]:
         """A copy of the virtual counters (empty when fair share is off); for tests and views."""
         if self._vtc is None:
             return {}
