@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.cli.test_cli import cli
+from tests.cli.conftest import run_cli as cli
 
 
 def test_create_assign_list_and_show(tmp_path: Path) -> None:
