@@ -57,7 +57,7 @@ def add_commitment(request: Request, body: NewCommitment, key: ApiKey = Depends(
     return stored
 
 
-@router.get("/v1/commitments")
+@router.get("/v1/commitments", responses={403: {"description": "An admin key has no tenant commitments."}})
 def my_commitments(request: Request, key: ApiKey = Depends(api_key)) -> dict[str, Any]:
     """The caller's commitments and, for the current month so far, their coverage."""
     svc = request.app.state.service
