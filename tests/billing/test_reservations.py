@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from infermeter.billing.invoices import build_invoice, invoice_to_json
 from infermeter.billing.reservations import Commitment, new_commitment, scheduling_weight
+from infermeter.billing.store import Store
 from infermeter.core.errors import InvalidRequest
+from infermeter.core.records import iso
 from infermeter.core.types import ServiceTier
 from tests.billing.test_invoices import NOV, rec
 
@@ -94,3 +97,33 @@ def test_an_active_commitment_raises_the_scheduling_weight() -> None:
     assert scheduling_weight([c], "ten_a", NOV + timedelta(days=1)) == 2
     assert scheduling_weight([c], "ten_a", DEC) == 1
     assert scheduling_weight([c], "ten_b", NOV) == 1
+
+
+def test_both_stores_keep_commitments_in_order_and_refuse_unknown_tenants(any_store: Store) -> None:
+    """SQLite and PostgreSQL round-trip commitments (listed per tenant); an unknown tenant is 404."""
+    from infermeter.core.errors import NotFound
+
+    tenant = any_store.create_tenant("acme")
+    now = datetime.now(UTC)
+    first = new_commitment(tenant.tenant_id, "1000", "0.0015", None, None, now)
+    second = new_commitment(tenant.tenant_id, "5.5", "0.001", None, iso(now + timedelta(days=3)), now)
+    any_store.add_commitment(first)
+    any_store.add_commitment(second)
+    assert any_store.list_commitments(tenant.tenant_id) == [first, second]
+    assert any_store.list_commitments("ten_other") == []
+    with pytest.raises(NotFound):
+        any_store.add_commitment(new_commitment("ten_nobody", "1", "1", None, None, now))
+
+
+def test_a_stored_commitment_is_never_changed(tmp_path: Path) -> None:
+    """The SQLite table refuses UPDATE and DELETE naming the fix."""
+    import sqlite3
+
+    from infermeter.billing.sqlite_store import SqliteStore
+
+    path = tmp_path / "ledger.db"
+    with SqliteStore(path) as store:
+        tenant = store.create_tenant("acme")
+        store.add_commitment(new_commitment(tenant.tenant_id, "10", "0.001", None, None, datetime.now(UTC)))
+    with sqlite3.connect(path) as conn, pytest.raises(sqlite3.IntegrityError, match="never changed"):
+        conn.execute("UPDATE commitments SET ru_per_month = '1'")
