@@ -86,7 +86,7 @@ def test_json_round_trip_keeps_decimal_text() -> None:
     assert data == {
         "version": "plan-2026-11",
         "currency": "USD",
-        "per_1000_ru": {"default": "0.0020", "flex": "0.0010"},
+        "per_1000_ru": {"default": "0.0020", "flex": "0.0010", "priority": "0.0040"},
     }
     assert PricePlan.from_json(data) == DEFAULT_PLAN
     assert PricePlan.from_json(json.dumps(data)) == DEFAULT_PLAN

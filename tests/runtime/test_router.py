@@ -49,6 +49,12 @@ def test_default_runs_fp32_on_cpu_and_flex_runs_int8() -> None:
     assert route.engine is INT8 and route.tier == FLEX
 
 
+def test_priority_runs_the_performance_engine_never_int8() -> None:
+    """priority takes the same engine as default, never the INT8 economy one."""
+    route = Router([INT8, FP32]).route("tiny-gpt", ServiceTier.PRIORITY, 10, 10)
+    assert route.engine is FP32 and route.tier == ServiceTier.PRIORITY
+
+
 def test_without_int8_flex_runs_the_performance_engine() -> None:
     """No INT8 engine loaded: flex runs FP32 (at flex priority and price)."""
     assert Router([FP32]).route("tiny-gpt", FLEX, 10, 10).engine is FP32

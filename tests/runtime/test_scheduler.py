@@ -206,3 +206,22 @@ def test_a_kv_budget_smaller_than_one_context_is_refused() -> None:
     """The budget must hold one full sequence, naming both sizes."""
     with pytest.raises(ValueError, match=r"KV budget of 15 tokens cannot hold one sequence .*16 tokens"):
         kv_config(15)
+
+
+def test_priority_is_admitted_before_older_default() -> None:
+    """Waiting priority requests join the batch ahead of older default and flex requests."""
+    s = Scheduler(SchedulerConfig(max_batch=1, token_budget=100))
+    s.add("flex", [1], max_tokens=1, tier=ServiceTier.FLEX)
+    s.add("default", [1], max_tokens=1)
+    s.add("priority", [1], max_tokens=1, tier=ServiceTier.PRIORITY)
+    assert [i.request_id for i in s.schedule().items] == ["priority"]
+
+
+def test_default_uses_only_the_budget_priority_leaves() -> None:
+    """When the budget is tight, priority decodes are planned before default decodes."""
+    s = Scheduler(SchedulerConfig(max_batch=4, token_budget=100))
+    s.add("d", [1], max_tokens=9)
+    s.add("p", [1], max_tokens=9, tier=ServiceTier.PRIORITY)
+    drive(s)
+    s.config = SchedulerConfig(max_batch=4, token_budget=1)
+    assert [i.request_id for i in s.schedule().items] == ["p"]

@@ -339,3 +339,12 @@ def test_flex_engine_gets_steps_while_default_is_busy(worker: tuple[Worker, Sink
     assert flex.wait(10) and long.wait(10)
     order = [f.request.request_id for f in sink.finished]
     assert order == ["f", "d"]  # flex finished while the long default request still ran
+
+
+def test_a_priority_engine_runs_ahead_of_a_default_one(worker: tuple[Worker, Sink]) -> None:
+    """While an engine holds priority work, only it gets steps: a short default request waits."""
+    w, sink = worker
+    first = submit(w, "p", engine="fake-int8", max_tokens=20, tier=ServiceTier.PRIORITY)
+    second = submit(w, "d", max_tokens=1)
+    assert first.wait(10) and second.wait(10)
+    assert [f.request.request_id for f in sink.finished] == ["p", "d"]

@@ -8,7 +8,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import infermeter
-from infermeter.api import admin, completions, docs, errors, exports, ledger, openapi, plans, system, usage
+from infermeter.api import (
+    admin,
+    commitments,
+    completions,
+    docs,
+    errors,
+    exports,
+    ledger,
+    openapi,
+    plans,
+    system,
+    usage,
+)
 from infermeter.api import log as public_log
 from infermeter.api.body_limit import BodyLimit
 from infermeter.api.service import ServingService
@@ -44,11 +56,12 @@ def create_app(service: ServingService, *, manage: bool = True) -> FastAPI:
     app.include_router(system.router)
     admin.install(app)
     app.include_router(plans.router)
+    app.include_router(commitments.router)
     app.include_router(exports.router)
     app.include_router(dashboard.router)
     app.include_router(docs.router)
     api = [completions.router, usage.router, ledger.router, public_log.router, system.router, admin.router]
-    api += [plans.router, exports.router]
+    api += [plans.router, commitments.router, exports.router]
     openapi.install(app, api, list(service.router.models()))
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_body_bytes)
     return app

@@ -134,6 +134,7 @@ async def _admit(request: Request, key: ApiKey, body: _Sampling) -> _Admitted:
         on_finish=lambda outcome: _finished(svc, loop, events, rid, outcome, subjects),
         cap=svc.pipeline.cost_cap(rid, engine, tier, grant, priced),
         arrived_at=arrived,
+        weight=svc.prices.weight(tenant, arrived),
     )
     svc.pipeline.hold_quote(rid, quote)
     try:

@@ -131,7 +131,8 @@ def invoice(
     tenant = tenant_of(key)
     start, end = period_bounds(period)
     records = [r for _, r in svc.store.list_records(tenant, limit=10**9, start=start, end=end)]
-    inv = build_invoice(tenant, period, records, invoice_currency(records, svc.plan.currency))
+    currency = invoice_currency(records, svc.plan.currency)
+    inv = build_invoice(tenant, period, records, currency, svc.store.list_commitments(tenant))
     if format == "csv":
         return Response(invoice_to_csv(inv), media_type="text/csv")
     return JSONResponse(invoice_to_json(inv))

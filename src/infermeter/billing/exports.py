@@ -39,7 +39,11 @@ FORMATS = ("stripe", "lago", "openmeter", "focus")
 BATCH = 100  # events per request body: the limit of Stripe's stream and Lago's batch endpoint
 DEFAULT_EVENT_NAME = "infermeter_ru"  # Stripe meter event_name / Lago billable metric code
 
-PRICING_CATEGORY = {ServiceTier.DEFAULT: "Standard", ServiceTier.FLEX: "Dynamic"}
+PRICING_CATEGORY = {
+    ServiceTier.PRIORITY: "Standard",
+    ServiceTier.DEFAULT: "Standard",
+    ServiceTier.FLEX: "Dynamic",
+}
 CHARGE_CATEGORY = {"usage": "Usage", "credit": "Credit", "reversal": "Adjustment", "adjustment": "Adjustment"}
 
 FOCUS_COLUMNS = (

@@ -8,7 +8,9 @@ invoice total is Σ of the rounded line amounts, so the lines always add up to t
 Lines: one per (model, service tier, price plan version) for usage, so an invoice spanning a
 plan change shows each version on its own lines, and one per (kind, model, tier, version) for
 corrections (credit, reversal, adjustment), whose costs may be negative. Warmup records never
-appear. A record belongs to the period of its ``ended_at`` (UTC), the CloudEvent's time.
+appear. A tenant's commitments (``billing.reservations``) add ``commitment_used``,
+``commitment_unused`` and ``commitment_coverage`` lines after them.
+A record belongs to the period of its ``ended_at`` (UTC), the CloudEvent's time.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from infermeter.billing.pricing import EXACT
+from infermeter.billing.reservations import COMMITTED_TIER, Commitment, CommitmentUse, apply_commitments
 from infermeter.core.errors import InvalidRequest
 from infermeter.core.money import MINOR_UNITS, Money, format_decimal
 from infermeter.core.records import UsageRecord
@@ -90,6 +93,7 @@ class Invoice:
     lines: tuple[InvoiceLine, ...]
     total: Decimal  # Σ line amounts (re-addable)
     exact_total: Decimal  # Σ exact line amounts
+    commitments: tuple[CommitmentUse, ...] = ()
 
 
 def _tally(records: list[UsageRecord]) -> tuple[int, int, int, Decimal, Decimal, Decimal]:
@@ -119,13 +123,20 @@ def invoice_currency(records: Iterable[UsageRecord], default: str) -> str:
     return default
 
 
-def build_invoice(tenant_id: str, period: str, records: Iterable[UsageRecord], currency: str) -> Invoice:
-    """The tenant's invoice for ``period`` ("YYYY-MM") from its records.
+def build_invoice(
+    tenant_id: str,
+    period: str,
+    records: Iterable[UsageRecord],
+    currency: str,
+    commitments: Iterable[Commitment] = (),
+) -> Invoice:
+    """The tenant's invoice for ``period`` ("YYYY-MM") from its records and commitments.
 
     Records of other tenants, outside the period, or marked warmup are left out. A record in
     another currency, or of an unknown kind, raises InvalidRequest naming the record.
     """
     start, end = period_bounds(period)
+    kept: list[UsageRecord] = []
     groups: dict[tuple[str, str, ServiceTier, str], list[UsageRecord]] = {}
     for r in records:
         if r.warmup or r.tenant_id != tenant_id:
@@ -147,6 +158,7 @@ def build_invoice(tenant_id: str, period: str, records: Iterable[UsageRecord], c
             )
         key = (r.kind, r.model, ServiceTier(r.service_tier), r.price_plan_version)
         groups.setdefault(key, []).append(r)
+        kept.append(r)
 
     def order(key: tuple[str, str, ServiceTier, str]) -> tuple[bool, str, str, str, str]:
         kind, model, tier, version = key
@@ -160,13 +172,25 @@ def build_invoice(tenant_id: str, period: str, records: Iterable[UsageRecord], c
         lines.append(
             InvoiceLine(kind, model, tier, count, prompt, completion, device_ms, ru, exact, amount, version)
         )
+    mine = [c for c in commitments if c.tenant_id == tenant_id]
+    uses = apply_commitments(mine, kept, start, end)
+    for use in uses:
+        version = f"reserved@{use.commitment.per_1000_ru}"
+        for kind, ru, exact in (
+            ("commitment_used", use.covered_ru, use.used_amount),
+            ("commitment_unused", use.unused_ru, use.unused_amount),
+            ("commitment_coverage", use.covered_ru, -use.coverage_credit),
+        ):
+            amount = Money(exact, currency).rounded().amount
+            zero = Decimal(0)
+            lines.append(InvoiceLine(kind, "", COMMITTED_TIER, 0, 0, 0, zero, ru, exact, amount, version))
     total = exact_total = Decimal(0)
     for line in lines:
         total = EXACT.add(total, line.amount)
         exact_total = EXACT.add(exact_total, line.exact_amount)
     minor = Decimal(1).scaleb(-MINOR_UNITS.get(currency, 2))
     total = total.quantize(minor)  # a sum of rounded amounts is already on the grid
-    return Invoice(tenant_id, period, start, end, currency, tuple(lines), total, exact_total)
+    return Invoice(tenant_id, period, start, end, currency, tuple(lines), total, exact_total, tuple(uses))
 
 
 def _money(value: Decimal, currency: str) -> str:
@@ -202,6 +226,7 @@ def invoice_to_json(inv: Invoice) -> dict[str, Any]:
         "lines": [_line_fields(line, inv.currency) for line in inv.lines],
         "total": _money(inv.total, inv.currency),
         "exact_total": format_decimal(inv.exact_total),
+        "commitments": [use.to_json() for use in inv.commitments],
     }
 
 

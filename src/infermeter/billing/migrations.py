@@ -25,6 +25,9 @@ class Migration:
 _APPEND_ONLY = "the usage ledger is append-only; record a correction as a new reversal or adjustment entry"
 _PUBLIC_LOG_ONLY_ADDED = "the public log only grows: salts, checkpoints and cosignatures are never changed"
 _CHECKPOINTS_ONLY_ADDED = "signed checkpoints are never changed or removed; sign a new one instead"
+_COMMITMENTS_ONLY_ADDED = (
+    "commitments are never changed or removed; add a new commitment (with end_at) instead"
+)
 _PLANS_ONLY_ADDED = (
     "price plan versions and assignments are never changed or removed; add a new version or "
     "assignment that takes effect later"
@@ -191,6 +194,27 @@ MIGRATIONS: tuple[Migration, ...] = (
                 ru_per_min TEXT,
                 updated_at TEXT NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        "0007_commitments",
+        (
+            # billing.reservations: monthly RU commitments at a reserved price. Only added;
+            # an invoice is rebuilt from the ledger and these rows.
+            """CREATE TABLE commitments (
+                number INTEGER PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants (tenant_id),
+                ru_per_month TEXT NOT NULL,
+                per_1000_ru TEXT NOT NULL,
+                start_at TEXT NOT NULL,
+                end_at TEXT,
+                created_at TEXT NOT NULL
+            )""",
+            *(
+                f"CREATE TRIGGER commitments_no_{op.lower()} BEFORE {op} ON commitments "
+                f"BEGIN SELECT RAISE(ABORT, '{_COMMITMENTS_ONLY_ADDED}'); END"
+                for op in ("UPDATE", "DELETE")
+            ),
         ),
     ),
 )

@@ -30,6 +30,9 @@ class PgMigration:
 _APPEND_ONLY = "the usage ledger is append-only; record a correction as a new reversal or adjustment entry"
 _CHECKPOINTS_ONLY_ADDED = "signed checkpoints are never changed or removed; sign a new one instead"
 
+_COMMITMENTS_ONLY_ADDED = (
+    "commitments are never changed or removed; add a new commitment (with end_at) instead"
+)
 _PLANS_ONLY_ADDED = (
     "price plan versions and assignments are never changed or removed; add a new version or "
     "assignment that takes effect later"
@@ -171,6 +174,21 @@ PG_MIGRATIONS: tuple[PgMigration, ...] = (
     ),
     # shared budgets: accounts, reservations, worker leases (billing.pg_budget_schema)
     PgMigration("0007_shared_budgets", BUDGET_STATEMENTS),
+    PgMigration(
+        "0008_commitments",
+        (
+            """CREATE TABLE commitments (
+                number BIGSERIAL PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants (tenant_id),
+                ru_per_month TEXT NOT NULL,
+                per_1000_ru TEXT NOT NULL,
+                start_at TEXT NOT NULL,
+                end_at TEXT,
+                created_at TEXT NOT NULL
+            )""",
+            *_refuse("commitments", _COMMITMENTS_ONLY_ADDED),
+        ),
+    ),
 )
 
 

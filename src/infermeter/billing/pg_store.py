@@ -49,6 +49,12 @@ from infermeter.billing.plans import (
     version_row,
 )
 from infermeter.billing.rate_limits import Limits, limits_from_row
+from infermeter.billing.reservations import (
+    COMMITMENT_COLUMNS,
+    Commitment,
+    commitment_from_row,
+    commitment_row,
+)
 from infermeter.billing.sqlite_store import _budget, _budget_text, _dt, _no_tenant, _secret_hash, _time
 from infermeter.billing.store import ApiKey, AppendCallback, AppendResult, Tenant, UsageRow, VerifyReport
 from infermeter.core import ids
@@ -376,6 +382,32 @@ class PgStore:
     def list_plan_assignments(self) -> list[PlanAssignment]:
         rows = self._rows(f"SELECT {ASSIGNMENT_COLUMNS} FROM plan_assignments ORDER BY number")
         return [assignment_from_row(r) for r in rows]
+
+    def add_commitment(self, commitment: Commitment) -> Commitment:
+        def insert(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                known = conn.execute(
+                    "SELECT 1 FROM tenants WHERE tenant_id = %s", (commitment.tenant_id,)
+                ).fetchone()
+                if known is None:
+                    raise _no_tenant(commitment.tenant_id)
+                conn.execute(
+                    f"INSERT INTO commitments ({COMMITMENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                    commitment_row(commitment),
+                )
+
+        self._run_sql(insert)
+        return commitment
+
+    def list_commitments(self, tenant_id: str | None = None) -> list[Commitment]:
+        if tenant_id is None:
+            rows = self._rows(f"SELECT {COMMITMENT_COLUMNS} FROM commitments ORDER BY number")
+        else:
+            rows = self._rows(
+                f"SELECT {COMMITMENT_COLUMNS} FROM commitments WHERE tenant_id = %s ORDER BY number",
+                (tenant_id,),
+            )
+        return [commitment_from_row(r) for r in rows]
 
     def set_rate_limits(self, subject: str, limits: Limits) -> None:
         def put(conn: psycopg.Connection[Any]) -> None:

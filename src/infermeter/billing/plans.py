@@ -305,6 +305,15 @@ class PlanBook:
 
     def quote(self, tenant_id: str, tier: ServiceTier, at: datetime, multiplier: Decimal = ONE) -> Quote:
         plan = self.plan_at(tenant_id, at)
+        if ServiceTier(tier) not in plan.per_1000_ru:
+            priced = ", ".join(sorted(plan.per_1000_ru))
+            raise InvalidRequest(
+                f"service_tier={str(tier)!r} is not offered to tenant {tenant_id!r}: its plan "
+                f"{plan.version} prices only {priced}; send one of those, or give the plan a "
+                f"{str(tier)!r} price (`infermeter plans create <plan> --price {tier}=<per 1000 RU>`)",
+                param="service_tier",
+                code="service_tier_unavailable",
+            )
         return Quote(plan.version, plan.currency, ServiceTier(tier), plan.price(tier), multiplier)
 
     def list_price(self, version_id: str, tier: ServiceTier) -> Decimal | None:

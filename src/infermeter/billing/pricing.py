@@ -130,8 +130,12 @@ DEFAULT_PLAN = PricePlan(
     "plan-2026-11",
     "USD",
     # flex runs the INT8 economy engine: it takes fewer device-ms (fewer RU) and each RU is
-    # cheaper, at a lower scheduling priority.
-    {ServiceTier.DEFAULT: Decimal("0.0020"), ServiceTier.FLEX: Decimal("0.0010")},
+    # cheaper, at a lower scheduling priority. priority runs ahead of default at twice its price.
+    {
+        ServiceTier.DEFAULT: Decimal("0.0020"),
+        ServiceTier.FLEX: Decimal("0.0010"),
+        ServiceTier.PRIORITY: Decimal("0.0040"),
+    },
 )
 
 __all__ = ["DEFAULT_PLAN", "EXACT", "PricePlan"]

@@ -22,6 +22,7 @@ from infermeter.billing.pg_store import PgStore
 from infermeter.billing.plans import PlanAssignment, PlanVersion
 from infermeter.billing.rate_limits import Limits
 from infermeter.billing.relay import Relay
+from infermeter.billing.reservations import Commitment
 from infermeter.billing.sqlite_store import PROBE_MIN_FREE
 from infermeter.billing.store import ApiKey, AppendCallback, AppendResult, Tenant, UsageRow, VerifyReport
 from infermeter.core.records import UsageRecord
@@ -131,6 +132,12 @@ class QueuedStore:
 
     def list_plan_assignments(self) -> list[PlanAssignment]:
         return self.pg.list_plan_assignments()
+
+    def add_commitment(self, commitment: Commitment) -> Commitment:
+        return self.pg.add_commitment(commitment)
+
+    def list_commitments(self, tenant_id: str | None = None) -> list[Commitment]:
+        return self.pg.list_commitments(tenant_id)
 
     def set_rate_limits(self, subject: str, limits: Limits) -> None:
         self.pg.set_rate_limits(subject, limits)

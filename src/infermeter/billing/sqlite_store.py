@@ -43,6 +43,12 @@ from infermeter.billing.plans import (
     version_row,
 )
 from infermeter.billing.rate_limits import Limits, limits_from_row
+from infermeter.billing.reservations import (
+    COMMITMENT_COLUMNS,
+    Commitment,
+    commitment_from_row,
+    commitment_row,
+)
 from infermeter.billing.sqlite_writer import (
     APPEND,
     CALL,
@@ -322,6 +328,24 @@ class SqliteStore:
     def list_plan_assignments(self) -> list[PlanAssignment]:
         sql = f"SELECT {ASSIGNMENT_COLUMNS} FROM plan_assignments ORDER BY number"
         return [assignment_from_row(r) for r in self._read().execute(sql)]
+
+    def add_commitment(self, commitment: Commitment) -> Commitment:
+        def insert(conn: sqlite3.Connection) -> None:
+            known = conn.execute("SELECT 1 FROM tenants WHERE tenant_id = ?", (commitment.tenant_id,))
+            if known.fetchone() is None:
+                raise _no_tenant(commitment.tenant_id)
+            conn.execute(
+                f"INSERT INTO commitments ({COMMITMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                commitment_row(commitment),
+            )
+
+        self.write(insert)
+        return commitment
+
+    def list_commitments(self, tenant_id: str | None = None) -> list[Commitment]:
+        where, args = ("WHERE tenant_id = ?", (tenant_id,)) if tenant_id is not None else ("", ())
+        sql = f"SELECT {COMMITMENT_COLUMNS} FROM commitments {where} ORDER BY number"
+        return [commitment_from_row(r) for r in self._read().execute(sql, args)]
 
     def set_rate_limits(self, subject: str, limits: Limits) -> None:
         def put(conn: sqlite3.Connection) -> None:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from infermeter.billing.plans import PlanAssignment, PlanVersion
 from infermeter.billing.rate_limits import Limits
+from infermeter.billing.reservations import Commitment
 from infermeter.core.records import UsageRecord
 
 
@@ -102,6 +103,11 @@ class Store(Protocol):
     def add_plan_assignment(self, assignment: PlanAssignment) -> PlanAssignment: ...
 
     def list_plan_assignments(self) -> list[PlanAssignment]: ...
+
+    # commitments (billing.reservations): rows only ever added
+    def add_commitment(self, commitment: Commitment) -> Commitment: ...
+
+    def list_commitments(self, tenant_id: str | None = None) -> list[Commitment]: ...
 
     # rate limits (billing.rate_limits): subject "tenant:<id>" or "key:<id>" -> limits
     def set_rate_limits(self, subject: str, limits: Limits) -> None:

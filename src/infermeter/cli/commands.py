@@ -281,12 +281,13 @@ def cmd_invoice(args: argparse.Namespace) -> int:
     try:
         tenant = _tenant(store, args.tenant)
         records = [r for _, r in store.list_records(tenant.tenant_id, limit=10**9, start=start, end=end)]
+        held = store.list_commitments(tenant.tenant_id)
     finally:
         store.close()
     from infermeter.billing.pricing import DEFAULT_PLAN
 
     inv = build_invoice(
-        tenant.tenant_id, args.period, records, invoice_currency(records, DEFAULT_PLAN.currency)
+        tenant.tenant_id, args.period, records, invoice_currency(records, DEFAULT_PLAN.currency), held
     )
     if args.format == "csv":
         sys.stdout.write(invoice_to_csv(inv))

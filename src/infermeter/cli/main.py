@@ -14,10 +14,34 @@ from rich.console import Console
 
 from infermeter.core import errors as e
 
-from . import calibrate, commands, engines, exports, ledger, limits, models, plans, scaleout, tlog
+from . import (
+    calibrate,
+    commands,
+    commitments,
+    engines,
+    exports,
+    ledger,
+    limits,
+    models,
+    plans,
+    scaleout,
+    tlog,
+)
 
 # Each module adds its subcommands with ``register(subparsers)``; add new areas here.
-COMMAND_MODULES = [commands, ledger, calibrate, engines, models, scaleout, tlog, plans, exports, limits]
+COMMAND_MODULES = [
+    commands,
+    ledger,
+    calibrate,
+    engines,
+    models,
+    scaleout,
+    tlog,
+    plans,
+    exports,
+    limits,
+    commitments,
+]
 
 EXIT_CODES: list[tuple[type[e.InfermeterError], int]] = [
     (e.LedgerIntegrityError, 1),

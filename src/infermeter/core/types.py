@@ -6,10 +6,12 @@ from enum import StrEnum
 
 
 class ServiceTier(StrEnum):
-    """OpenAI's ``service_tier``: ``default`` runs the performance engine, ``flex`` the INT8 one."""
+    """OpenAI's ``service_tier``: ``default`` runs the performance engine, ``flex`` the INT8 one,
+    ``priority`` the performance engine ahead of ``default`` work."""
 
     DEFAULT = "default"
     FLEX = "flex"
+    PRIORITY = "priority"
 
 
 class Precision(StrEnum):

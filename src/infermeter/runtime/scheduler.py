@@ -2,13 +2,18 @@
 
 No clocks, threads or devices. Each step the scheduler fills a per-step token budget:
 
-1. running sequences in decode, one token each — ``default`` tier before ``flex``;
+1. running sequences in decode, one token each — ``priority``, then ``default``, then ``flex``;
 2. running sequences still in prefill, next chunk;
-3. waiting requests join the running batch (up to ``max_batch``), ``default`` before
-   ``flex``, oldest first; a long prompt is prefilled in chunks over several steps.
+3. waiting requests join the running batch (up to ``max_batch``), ``priority`` before
+   ``default`` before ``flex``, oldest first; a long prompt is prefilled in chunks over
+   several steps.
 
-New requests therefore join running batches at the next step, and ``flex`` work only uses
-the budget that ``default`` work leaves.
+New requests therefore join running batches at the next step, ``default`` work only uses
+the budget that ``priority`` work leaves, and ``flex`` what both leave.
+
+Given per-tier tenant ``counters`` (``runtime.fair_share``), step 3 admits within each tier
+always from the tenant with the smallest counter instead of oldest first (fair share by
+measured cost); without them it is first come, first served.
 
 KV memory (``kv_budget_tokens``, optional): the KV-cache tokens all running sequences may
 hold together. A waiting request joins only while its whole prompt and one new token fit
@@ -26,11 +31,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from fractions import Fraction
 
 from infermeter.core.records import Participant
 from infermeter.core.types import ServiceTier
+from infermeter.runtime.fair_share import SCALE
 
-TIER_RANK = {ServiceTier.DEFAULT: 0, ServiceTier.FLEX: 1}
+
+def estimate(tokens: int, us_per_token: Fraction, weight: Fraction) -> int:
+    """An admission's charge in fair-share counter units (1e-6 µs): tokens x µs/token / weight."""
+    num = tokens * SCALE * us_per_token.numerator * weight.denominator
+    return num // (us_per_token.denominator * weight.numerator)
+
+
+TIER_RANK = {ServiceTier.PRIORITY: -1, ServiceTier.DEFAULT: 0, ServiceTier.FLEX: 1}
 
 
 class FinishReason(StrEnum):
@@ -76,6 +90,9 @@ class SeqState:
     def __post_init__(self) -> None:
         if self.prefix < 0:
             self.prefix = len(self.prompt)
+
+    tenant: str = ""
+    weight: Fraction = Fraction(1)  # fair-share weight of its tenant
 
     @property
     def prefilling(self) -> bool:
@@ -134,6 +151,8 @@ class Scheduler:
         max_tokens: int,
         tier: ServiceTier = ServiceTier.DEFAULT,
         eos_token_id: int | None = None,
+        tenant: str = "",
+        weight: Fraction = Fraction(1),
     ) -> SeqState:
         tokens = list(prompt)
         if not tokens:
@@ -144,7 +163,9 @@ class Scheduler:
             raise ValueError(
                 f"prompt has {len(tokens)} tokens; the engine accepts at most {self.config.max_seq_len - 1}"
             )
-        seq = SeqState(request_id, tier, tokens, max_tokens, self._arrivals, eos_token_id)
+        seq = SeqState(
+            request_id, tier, tokens, max_tokens, self._arrivals, eos_token_id, tenant=tenant, weight=weight
+        )
         self._arrivals += 1
         self._waiting.append(seq)
         return seq
@@ -179,8 +200,22 @@ class Scheduler:
     def has_tier(self, tier: ServiceTier) -> bool:
         return any(s.tier == tier for s in (*self._running, *self._waiting))
 
+    def tenants(self, tier: ServiceTier) -> set[str]:
+        """The tenants with a request of ``tier`` waiting or running here."""
+        return {s.tenant for s in (*self._running, *self._waiting) if s.tier == tier}
+
     # planning -----------------------------------------------------------------
-    def schedule(self) -> StepPlan:
+    def schedule(
+        self,
+        counters: Mapping[ServiceTier, Mapping[str, int]] | None = None,
+        us_per_token: Fraction = Fraction(1),
+    ) -> StepPlan:
+        """The next step's plan; ``counters`` (tier -> tenant -> virtual counter) turn on fair share.
+
+        Within one call, admitting a request charges its tenant's counter (a local copy) an
+        estimate, ``(prompt + max_tokens) * us_per_token / weight``, so the next pick sees it;
+        the caller's counters then carry the measured cost.
+        """
         budget = self.config.token_budget
         items: list[PlanItem] = []
         preempted = self._preempt_for_growth()
@@ -198,7 +233,7 @@ class Scheduler:
                 item = self._prefill_item(seq, budget)
                 items.append(item)
                 budget -= len(item.tokens)
-        self._waiting.sort(key=lambda s: (TIER_RANK[s.tier], s.arrival))
+        self._waiting = self._admission_order(counters, us_per_token)
         while self._waiting and budget > 0 and len(self._running) < self.config.max_batch:
             if not self._fits(self._waiting[0]):
                 break
@@ -208,6 +243,35 @@ class Scheduler:
             items.append(item)
             budget -= len(item.tokens)
         return StepPlan(tuple(items), preempted)
+
+    def _admission_order(
+        self, counters: Mapping[ServiceTier, Mapping[str, int]] | None, us_per_token: Fraction
+    ) -> list[SeqState]:
+        """The waiting queue in admission order: its first ``max_batch - running`` by counters."""
+        fifo = sorted(self._waiting, key=lambda s: (TIER_RANK[s.tier], s.arrival))
+        room = self.config.max_batch - len(self._running)
+        if counters is None or room <= 0:
+            return fifo
+        picked: list[SeqState] = []
+        for tier in sorted({s.tier for s in fifo}, key=TIER_RANK.__getitem__):
+            queues: dict[str, list[SeqState]] = {}
+            for s in fifo:
+                if s.tier == tier:
+                    queues.setdefault(s.tenant, []).append(s)
+            local = {t: counters.get(tier, {}).get(t, 0) for t in queues}
+            heads = dict.fromkeys(queues, 0)
+            while heads and len(picked) < room:
+                t = min(heads, key=lambda u: (local[u], queues[u][heads[u]].arrival))
+                seq = queues[t][heads[t]]
+                picked.append(seq)
+                local[t] += estimate(len(seq.prompt) + seq.max_tokens, us_per_token, seq.weight)
+                heads[t] += 1
+                if heads[t] == len(queues[t]):
+                    del heads[t]
+            if len(picked) >= room:
+                break
+        chosen = {id(s) for s in picked}
+        return picked + [s for s in fifo if id(s) not in chosen]
 
     def _prefill_item(self, seq: SeqState, budget: int) -> PlanItem:
         n = min(seq.prefix - seq.computed, budget, self.config.prefill_chunk)

@@ -5,9 +5,15 @@ One worker per device. It owns one scheduler per engine and repeats
 to the metering sink, and every finished request a ``FinishedRequest`` handed to the sink,
 which prices it, makes it durable and only then calls the request's ``on_finish``.
 
-``flex`` work runs below ``default`` work: when several engines have work, an engine whose
-requests are all ``flex`` gets a step only when no ``default`` engine has work, or once
-every ``flex_every`` steps so it is never starved.
+``priority`` work runs first: while an engine has ``priority`` requests, only such engines
+get steps. ``flex`` work runs below ``default`` work: when several engines have work, an
+engine whose requests are all ``flex`` gets a step only when no ``default`` engine has work,
+or once every ``flex_every`` steps so it is never starved.
+
+Fair share (``fair=True``, the default): within a tier, waiting requests are admitted by
+per-tenant virtual counters (``runtime.fair_share``), lifted when a tenant becomes
+backlogged and charged after every step with each request's attributed device-µs divided by
+its ``weight``. The counters span the worker's engines; the scheduler gets their values.
 
 Fault isolation: an error caused by one request (its sampling, its stop strings, decoding
 its tokens, its callbacks) fails that request only (status ``failed``, priced at zero) and
@@ -32,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from fractions import Fraction
 from typing import Protocol
 
 import numpy as np
@@ -40,6 +47,7 @@ from infermeter.core.errors import BudgetExceeded, Unavailable
 from infermeter.core.records import Participant, StepRecord, StepShares, utc_now
 from infermeter.core.types import ServiceTier, Status
 from infermeter.runtime.engine import Engine, EngineInfo, SeqInput
+from infermeter.runtime.fair_share import VirtualCounters
 from infermeter.runtime.sampling import SamplingParams, generator, sample
 from infermeter.runtime.scheduler import (
     Finished,
@@ -97,6 +105,7 @@ class GenerationRequest:
     rng: np.random.Generator | None = None
     cap: CostCap | None = None  # None: no budget limit to enforce
     token_counts: dict[int, int] = field(default_factory=dict)  # output tokens, for penalties
+    weight: Fraction = Fraction(1)  # fair-share weight of the tenant (a reservation raises it)
     stopped_by: str | None = None  # BUDGET when the cost cap ended it
     error: str | None = None  # why the worker failed it (status failed, or an error outcome)
 
@@ -143,7 +152,9 @@ class _EngineSlot:
 class Worker:
     """Runs steps for the engines of one device on a single background thread."""
 
-    def __init__(self, sink: WorkerSink, *, name: str = "worker", flex_every: int = 4) -> None:
+    def __init__(
+        self, sink: WorkerSink, *, name: str = "worker", flex_every: int = 4, fair: bool = True
+    ) -> None:
         self._sink = sink
         self._slots: dict[str, _EngineSlot] = {}
         self._requests: dict[str, GenerationRequest] = {}
@@ -154,6 +165,8 @@ class Worker:
         self._step_id = 0
         self._flex_every = flex_every
         self._since_flex = 0
+        self._vtc = {tier: VirtualCounters() for tier in ServiceTier} if fair else None
+        self._fair_us = self._fair_tokens = 0  # measured µs per token: admission estimates
         self._plan: StepPlan | None = None  # the step in progress, failed as a whole on a bug
         self._fresh: set[str] = set()  # its requests that had not run a step before it
         self.steps = 0
@@ -290,12 +303,18 @@ class Worker:
         try:
             if req.rng is None:
                 req.rng = generator(req.sampling.seed)
+            if self._vtc is not None:
+                backlogged = set().union(*(s.scheduler.tenants(req.tier) for s in self._slots.values()))
+                if req.tenant_id not in backlogged:
+                    self._vtc[req.tier].lift(req.tenant_id, backlogged)
             slot.scheduler.add(
                 req.request_id,
                 req.prompt_ids,
                 max_tokens=req.max_tokens,
                 tier=req.tier,
                 eos_token_id=slot.engine.info.eos_token_id,
+                tenant=req.tenant_id,
+                weight=req.weight,
             )
         except (ValueError, TypeError) as exc:  # admission checks this first; never kill the loop
             self._refuse(req, exc)
@@ -315,6 +334,9 @@ class Worker:
         busy = [s for s in self._slots.values() if s.scheduler.has_work()]
         if not busy:
             return None
+        priority = [s for s in busy if s.scheduler.has_tier(ServiceTier.PRIORITY)]
+        if priority:  # priority work runs ahead of everything else, flex's turn included
+            return priority[self.steps % len(priority)]
         default = [s for s in busy if s.scheduler.has_tier(ServiceTier.DEFAULT)]
         flex_only = [s for s in busy if s not in default]
         if default and flex_only and self._since_flex < self._flex_every:
@@ -325,7 +347,9 @@ class Worker:
         return pool[self.steps % len(pool)]
 
     def _step(self, slot: _EngineSlot) -> None:
-        scheduled = slot.scheduler.schedule()
+        counters = None if self._vtc is None else {t: c.values() for t, c in self._vtc.items()}
+        rate = Fraction(self._fair_us, self._fair_tokens) if self._fair_tokens else Fraction(1)
+        scheduled = slot.scheduler.schedule(counters, rate)
         for seq_id in scheduled.preempted:  # over the KV budget: recomputed when readmitted
             slot.engine.release(seq_id)
         plan = self._within_caps(slot, scheduled)
@@ -361,6 +385,7 @@ class Worker:
         self._fresh = set()  # the step is on the books: every participant has now run
         if shares is not None:
             self._charge(slot, plan, shares)
+            self._charge_fair_share(plan, shares)
         sampled = self._sample(slot, plan, out.logits)
         for fin in slot.scheduler.update(plan, sampled):
             self._finish(slot, fin)
@@ -413,6 +438,22 @@ class Worker:
                 req.cap.charge(0, us) if item.decode else req.cap.charge(us, 0)
             except Exception as exc:
                 self._fail_request(slot, req, exc)
+
+    def _charge_fair_share(self, plan: StepPlan, shares: StepShares) -> None:
+        if self._vtc is None:
+            return
+        for item in plan.items:
+            req = self._requests.get(item.request_id)
+            self._fair_tokens += len(item.tokens)
+            self._fair_us += shares.shares.get(item.request_id, 0)
+            if req is not None:
+                self._vtc[req.tier].charge(req.tenant_id, shares.shares.get(item.request_id, 0), req.weight)
+
+    def fair_counters(self) -> dict[ServiceTier, dict[str, int]]:
+        """A copy of the virtual counters (empty when fair share is off); for tests and views."""
+        if self._vtc is None:
+            return {}
+        return {t: dict(c.values()) for t, c in self._vtc.items()}
 
     def _sample(self, slot: _EngineSlot, plan: StepPlan, logits: dict[str, np.ndarray]) -> dict[str, int]:
         sampled: dict[str, int] = {}

@@ -211,7 +211,7 @@
     }, `${m.label} by model: ${state.models.map((r) => `${r.key} ${fmt(m.get(r))}`).join(", ") || "no usage"}`);
 
     doughnut("chart-tier", state.tiers.map((r) => r.key), state.tiers.map(m.get),
-      state.tiers.map((r) => (r.key === "flex" ? COLORS.teal : COLORS.accent)),
+      state.tiers.map((r) => (r.key === "flex" ? COLORS.teal : r.key === "priority" ? COLORS.amber : COLORS.accent)),
       `${m.label} by tier: ${state.tiers.map((r) => `${r.key} ${fmt(m.get(r))}`).join(", ") || "no usage"}`, fmt);
   }
 
