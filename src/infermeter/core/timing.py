@@ -7,6 +7,7 @@ on the engine's stream and reads them at that sync; it never synchronizes for me
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 
@@ -31,3 +32,26 @@ class NullTimer:
 
     def elapsed_us(self) -> int:
         return 0
+
+
+class WallTimer:
+    """The wall time of the last begin/end pair, in integer microseconds.
+
+    The CPU step timer (``metering.timers.CpuStepTimer``) is this; the engine builders'
+    speed gates time steps with it too.
+    """
+
+    __slots__ = ("_elapsed_ns", "_start")
+
+    def __init__(self) -> None:
+        self._start = 0
+        self._elapsed_ns = 0
+
+    def begin(self) -> None:
+        self._start = time.perf_counter_ns()
+
+    def end(self) -> None:
+        self._elapsed_ns = time.perf_counter_ns() - self._start
+
+    def elapsed_us(self) -> int:
+        return self._elapsed_ns // 1000

@@ -7,23 +7,10 @@ step occupied. The GPU timer (CUDA events on the engine's stream) lives in ``cud
 
 from __future__ import annotations
 
-import time
+from infermeter.core.timing import WallTimer
 
 
-class CpuStepTimer:
+class CpuStepTimer(WallTimer):
     """begin/end around the step's launch; ``elapsed_us`` in integer microseconds."""
 
-    __slots__ = ("_elapsed_ns", "_start")
-
-    def __init__(self) -> None:
-        self._start = 0
-        self._elapsed_ns = 0
-
-    def begin(self) -> None:
-        self._start = time.perf_counter_ns()
-
-    def end(self) -> None:
-        self._elapsed_ns = time.perf_counter_ns() - self._start
-
-    def elapsed_us(self) -> int:
-        return self._elapsed_ns // 1000
+    __slots__ = ()

@@ -13,9 +13,9 @@ thread and 129 ms/token on two busy cores).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
+from infermeter.core.timing import WallTimer
 from infermeter.core.types import Precision
 from infermeter.runtime.compile import decoder_io, economy_gate
 from infermeter.runtime.compile.drift import DRIFT_PROMPTS
@@ -23,25 +23,6 @@ from infermeter.runtime.engine import EngineInfo, Tokenizer
 from infermeter.runtime.ort_backend import OrtEngine
 
 DECODE_STEPS = 24  # per prompt and engine: a tiny model's steps are short, so take many
-
-
-class _WallTimer:
-    """The step's wall time in integer microseconds (the CPU engines' device time)."""
-
-    __slots__ = ("_elapsed_ns", "_start")
-
-    def __init__(self) -> None:
-        self._start = 0
-        self._elapsed_ns = 0
-
-    def begin(self) -> None:
-        self._start = time.perf_counter_ns()
-
-    def end(self) -> None:
-        self._elapsed_ns = time.perf_counter_ns() - self._start
-
-    def elapsed_us(self) -> int:
-        return self._elapsed_ns // 1000
 
 
 def gate_onnx_int8(
@@ -60,7 +41,7 @@ def gate_onnx_int8(
         OrtEngine.load(
             model_dir,
             precision=precision,
-            timer=_WallTimer(),
+            timer=WallTimer(),
             intra_op_threads=intra_op_threads,
             model_file=str(graph.resolve()),
         )
