@@ -94,3 +94,12 @@ def test_ledger_verify_names_an_edited_row(cli: Cli, tmp_path: Path, column: str
     assert record_id in proc.stderr or str(seq) in proc.stderr
     report = json.loads(cli(tmp_path, "ledger", "verify", "--json", check=False).stdout)
     assert report["ok"] is False and report["first_bad_seq"] == seq
+
+
+def test_the_start_up_banner_names_every_model_served() -> None:
+    """`serve`'s banner lists every model it serves, not only the built-in one."""
+    from infermeter.cli.serving import banner
+
+    url = "http://127.0.0.1:8000"
+    assert "(models smollm2, tiny-gpt);" in banner(url, ["smollm2", "tiny-gpt"])
+    assert "(model tiny-gpt);" in banner(url, ["tiny-gpt"])

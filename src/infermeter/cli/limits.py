@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infermeter.core.errors import InvalidRequest, NotFound
 
 from .commands import _emit_json, _tenant, open_store, out, settings_from
+
+if TYPE_CHECKING:
+    from infermeter.billing.rate_limits import Limits
 
 
 def _ru(text: str | None) -> Decimal | None:
@@ -41,8 +44,22 @@ def cmd_limits_set(args: argparse.Namespace) -> int:
         store.set_rate_limits(subject, limits)
     finally:
         store.close()
-    out.print(f"{subject}: {'no limits' if limits.empty else limits.to_json()}")
+    out.print(f"{subject}: {_describe(limits)}")
     return 0
+
+
+def _describe(limits: Limits) -> str:
+    """`3 requests, 100000 tokens per minute` (only the limits set), or `no limits`."""
+    parts = [
+        f"{value} {unit}"
+        for value, unit in (
+            (limits.requests_per_min, "requests"),
+            (limits.tokens_per_min, "tokens"),
+            (limits.ru_per_min, "RU"),
+        )
+        if value is not None
+    ]
+    return f"{', '.join(parts)} per minute" if parts else "no limits"
 
 
 def cmd_limits_list(args: argparse.Namespace) -> int:

@@ -107,6 +107,15 @@ class DrainingServer(uvicorn.Server):
             getattr(self, "_captured_signals", []).clear()
 
 
+def banner(url: str, models: list[str]) -> str:
+    """The start-up line: where the API is and every model it serves."""
+    named = f"model {models[0]}" if len(models) == 1 else f"models {', '.join(models)}"
+    return (
+        f"OpenAI-compatible API on [bold]{url}/v1[/] ({named}); "
+        f"dashboard at {url}/dashboard; API docs at {url}/docs; metrics at {url}/metrics (admin key)"
+    )
+
+
 def serve(settings: Settings, make_service: Callable[[Settings], Service], out: Console) -> int:
     """``infermeter serve``: check the ledger, load engines, make first-start keys, serve."""
     from infermeter.api.app import create_app
@@ -123,10 +132,7 @@ def serve(settings: Settings, make_service: Callable[[Settings], Service], out: 
         out.print(f"  admin key:         [bold yellow]{admin}[/]")
     app = create_app(service)
     url = f"http://{settings.host}:{settings.port}"
-    out.print(
-        f"OpenAI-compatible API on [bold]{url}/v1[/] (model {settings.model}); "
-        f"dashboard at {url}/dashboard; API docs at {url}/docs; metrics at {url}/metrics (admin key)"
-    )
+    out.print(banner(url, service.router.models()))
     run(app, service, settings)
     out.print("stopped: every usage record is committed")
     return 0
