@@ -62,6 +62,18 @@ def test_usage_beyond_the_commitment_is_billed_at_the_on_demand_price() -> None:
     assert inv.total == Decimal("30.00") - Decimal("10.00") + Decimal("5.00")
 
 
+def test_usage_admitted_before_a_commitment_starts_is_not_covered() -> None:
+    """A commitment from the 20th covers the 25th's usage, not the 3rd's (found in a trial)."""
+    before = rec("4", ru_micros=4_000_000, ended_at=NOV + timedelta(days=3))
+    after = rec("6", ru_micros=6_000_000, ended_at=NOV + timedelta(days=25))
+    inv = build_invoice(
+        "ten_a", "2026-11", [after, before], "USD", [commit("3000", start=NOV + timedelta(days=20))]
+    )
+    (use,) = inv.commitments
+    assert use.covered_ru == Decimal(6)  # only what it was active for
+    assert use.coverage_credit == Decimal(6)  # the covered record's on-demand cost
+
+
 def test_flex_and_priority_usage_is_not_covered() -> None:
     """A commitment covers default-tier RU only."""
     usage = [rec("5", tier=ServiceTier.FLEX), rec("5", tier=ServiceTier.PRIORITY)]

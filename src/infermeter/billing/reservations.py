@@ -9,10 +9,13 @@ creation):
 
     active_s  = seconds of [start_at, end_at) ∩ [P0, P1)
     Q_eff     = floor_µRU( ru_per_month * active_s / (P1 - P0) seconds )   # prorated by seconds
-    U         = Σ RU of the period's default-tier usage records              # order-independent
-    covered   = min(Q_eff, U - covered by earlier commitments)
+    U         = the RU of the period's default-tier records admitted while it is active
+                (start_at <= started_at < end_at), not yet covered by an earlier commitment
+    covered   = min(Q_eff, U), taken from those records oldest first (order-independent:
+                records are sorted by admission time and record id)
     unused    = Q_eff - covered
-    credit    = on-demand cost of default usage * covered / U   # exact, or 18 places if endless
+    credit    = Σ over the records it covers: record cost * RU taken / record RU
+                (each share exact, or 18 places if endless)
 
 Invoice lines (each rounded once, half-up, like every line):
 
@@ -149,23 +152,36 @@ def apply_commitments(
     period_start: datetime,
     period_end: datetime,
 ) -> list[CommitmentUse]:
-    """Each commitment's coverage of ``usage`` (the tenant's period records, already filtered)."""
-    ru_micros = 0
-    on_demand = Decimal(0)
-    for r in usage:
-        if r.kind == "usage" and not r.warmup and ServiceTier(r.service_tier) == COMMITTED_TIER:
-            ru_micros += r.ru_micros
-            on_demand = EXACT.add(on_demand, r.cost)
-    used = Decimal(ru_micros).scaleb(-6)
-    left = used
+    """Each commitment's coverage of ``usage`` (the tenant's period records, already filtered).
+
+    A commitment covers only default-tier records admitted while it is active
+    (``start_at <= started_at < end_at``), oldest first; the records' order in ``usage`` does
+    not matter (they are sorted by admission time and record id).
+    """
+    eligible = sorted(
+        (
+            r
+            for r in usage
+            if r.kind == "usage" and not r.warmup and ServiceTier(r.service_tier) == COMMITTED_TIER
+        ),
+        key=lambda r: (r.started_at, r.record_id),
+    )
+    left = {r.record_id: Decimal(r.ru_micros).scaleb(-6) for r in eligible}
     out: list[CommitmentUse] = []
     for c in sorted(commitments, key=lambda c: (c.start_at, c.created_at)):
         q = c.effective_ru(period_start, period_end)
         if q == 0:
             continue
-        covered = min(q, left)
-        left -= covered
-        credit = Decimal(0) if used == 0 else _share(on_demand, covered, used)
+        covered = credit = Decimal(0)
+        for r in eligible:
+            if covered >= q:
+                break
+            take = min(q - covered, left[r.record_id])
+            if take <= 0 or not c.active_at(r.started_at):
+                continue
+            left[r.record_id] -= take
+            covered += take
+            credit = EXACT.add(credit, _share(r.cost, take, Decimal(r.ru_micros).scaleb(-6)))
         out.append(
             CommitmentUse(
                 c,
