@@ -55,8 +55,16 @@ from infermeter.billing.reservations import (
     commitment_from_row,
     commitment_row,
 )
-from infermeter.billing.sqlite_store import _budget, _budget_text, _dt, _no_tenant, _secret_hash, _time
-from infermeter.billing.store import ApiKey, AppendCallback, AppendResult, Tenant, UsageRow, VerifyReport
+from infermeter.billing.sqlite_store import _budget, _budget_text, _dt, _no_tenant, _secret_hash
+from infermeter.billing.store import (
+    ApiKey,
+    AppendCallback,
+    AppendResult,
+    Tenant,
+    UsageRow,
+    VerifyReport,
+    ledger_filter,
+)
 from infermeter.core import ids
 from infermeter.core.errors import ConfigError, InvalidRequest, NotFound, Unavailable
 from infermeter.core.records import UsageRecord, iso, utc_now
@@ -546,22 +554,6 @@ class PgStore:
         rows = self._rows("SELECT record_id FROM ledger WHERE record_id = ANY(%s)", (list(record_ids),))
         return {r[0] for r in rows}
 
-    def _where(
-        self, tenant_id: str | None, start: datetime | None, end: datetime | None, warmup: bool
-    ) -> tuple[str, list[Any]]:
-        clauses, args = ["TRUE"], []
-        for clause, value in (
-            ("tenant_id = %s", tenant_id),
-            ("event_time >= %s", _time("start", start)),
-            ("event_time < %s", _time("end", end)),
-        ):
-            if value is not None:
-                clauses.append(clause)
-                args.append(value)
-        if not warmup:
-            clauses.append("warmup = 0")
-        return " AND ".join(clauses), args
-
     def list_records(
         self,
         tenant_id: str | None,
@@ -574,7 +566,7 @@ class PgStore:
     ) -> list[tuple[int, UsageRecord]]:
         if limit < 1:
             raise InvalidRequest(f"limit={limit} must be at least 1", param="limit")
-        where, args = self._where(tenant_id, start, end, include_warmup)
+        where, args = ledger_filter(tenant_id, start, end, include_warmup, "%s")
         sql = f"SELECT seq, payload FROM ledger WHERE {where} AND seq > %s ORDER BY seq LIMIT %s"
         rows = self._rows(sql, [*args, -1 if after_seq is None else after_seq, limit])
         return [(seq, record_from_payload(payload)) for seq, payload in rows]
@@ -592,7 +584,7 @@ class PgStore:
             raise InvalidRequest(
                 f"group_by={group_by!r} is not one of {sorted(_GROUP_KEYS)}", param="group_by"
             )
-        where, args = self._where(tenant_id, start, end, tenant_id is not None)
+        where, args = ledger_filter(tenant_id, start, end, tenant_id is not None, "%s")
         sql = (
             f"SELECT {column}, SUM((kind = 'usage')::int), SUM(prompt_tokens), SUM(completion_tokens), "
             f"SUM(device_us), SUM(ru_micros), SUM(cost::numeric) FROM ledger "

@@ -68,6 +68,7 @@ from infermeter.billing.store import (
     Tenant,
     UsageRow,
     VerifyReport,
+    ledger_filter,
 )
 from infermeter.core import ids
 from infermeter.core.errors import ConfigError, InvalidRequest, NotFound, Unavailable
@@ -101,18 +102,6 @@ def exact_sum(costs: Iterable[str]) -> Decimal:
     with localcontext(prec=200) as ctx:
         ctx.traps[Inexact] = True
         return sum((Decimal(c) for c in costs), Decimal(0))
-
-
-def _time(name: str, value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise InvalidRequest(
-            f"{name}={value.isoformat()} has no time zone; pass an aware datetime, "
-            "e.g. datetime(2026, 1, 1, tzinfo=UTC)",
-            param=name,
-        )
-    return iso(value)
 
 
 class SqliteStore:
@@ -438,22 +427,6 @@ class SqliteStore:
         row = self._read().execute(sql, (key,)).fetchone()
         return None if row is None else record_from_payload(row[0])
 
-    def _where(
-        self, tenant_id: str | None, start: datetime | None, end: datetime | None, warmup: bool
-    ) -> tuple[str, list[Any]]:
-        clauses, args = ["1"], []
-        for clause, value in (
-            ("tenant_id = ?", tenant_id),
-            ("event_time >= ?", _time("start", start)),
-            ("event_time < ?", _time("end", end)),
-        ):
-            if value is not None:
-                clauses.append(clause)
-                args.append(value)
-        if not warmup:
-            clauses.append("warmup = 0")
-        return " AND ".join(clauses), args
-
     def list_records(
         self,
         tenant_id: str | None,
@@ -467,7 +440,7 @@ class SqliteStore:
         """Records in ledger order after ``after_seq``; event time in [start, end)."""
         if limit < 1:
             raise InvalidRequest(f"limit={limit} must be at least 1", param="limit")
-        where, args = self._where(tenant_id, start, end, include_warmup)
+        where, args = ledger_filter(tenant_id, start, end, include_warmup, "?")
         sql = f"SELECT seq, payload FROM ledger WHERE {where} AND seq > ? ORDER BY seq LIMIT ?"
         rows = self._read().execute(sql, [*args, -1 if after_seq is None else after_seq, limit])
         return [(seq, record_from_payload(payload)) for seq, payload in rows]
@@ -489,7 +462,7 @@ class SqliteStore:
             raise InvalidRequest(
                 f"group_by={group_by!r} is not one of {sorted(_GROUP_KEYS)}", param="group_by"
             )
-        where, args = self._where(tenant_id, start, end, tenant_id is not None)
+        where, args = ledger_filter(tenant_id, start, end, tenant_id is not None, "?")
         sql = (
             f"SELECT {column}, SUM(kind = 'usage'), SUM(prompt_tokens), SUM(completion_tokens), "
             f"SUM(device_us), SUM(ru_micros), group_concat(cost, ' ') FROM ledger "

@@ -10,12 +10,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from infermeter.billing.plans import PlanAssignment, PlanVersion
 from infermeter.billing.rate_limits import Limits
 from infermeter.billing.reservations import Commitment
-from infermeter.core.records import UsageRecord
+from infermeter.core.errors import InvalidRequest
+from infermeter.core.records import UsageRecord, iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,3 +177,35 @@ class Store(Protocol):
     def verify(self) -> VerifyReport: ...
 
     def close(self) -> None: ...
+
+
+def event_time(name: str, value: datetime | None) -> str | None:
+    """A ``start``/``end`` bound as the ledger's ISO text; a naive datetime is refused."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise InvalidRequest(
+            f"{name}={value.isoformat()} has no time zone; pass an aware datetime, "
+            "e.g. datetime(2026, 1, 1, tzinfo=UTC)",
+            param=name,
+        )
+    return iso(value)
+
+
+def ledger_filter(
+    tenant_id: str | None, start: datetime | None, end: datetime | None, warmup: bool, mark: str
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its arguments) both stores use to read ledger rows; ``mark`` is the
+    driver's placeholder (``?`` for SQLite, ``%s`` for psycopg)."""
+    clauses, args = ["1 = 1"], []
+    for clause, value in (
+        ("tenant_id = ", tenant_id),
+        ("event_time >= ", event_time("start", start)),
+        ("event_time < ", event_time("end", end)),
+    ):
+        if value is not None:
+            clauses.append(clause + mark)
+            args.append(value)
+    if not warmup:
+        clauses.append("warmup = 0")
+    return " AND ".join(clauses), args
