@@ -18,10 +18,11 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 from typing import Any
 
 from infermeter.billing.entry_encoding import encode_event
+from infermeter.billing.sqlite_writer import next_group
 from infermeter.billing.store import AppendCallback, AppendResult
 from infermeter.core.errors import Unavailable
 from infermeter.core.records import UsageRecord
@@ -96,12 +97,7 @@ class Outbox:
     def _run(self) -> None:
         stop = False
         while not stop:
-            items = [self._queue.get()]
-            try:
-                while len(items) < self.max_group:
-                    items.append(self._queue.get_nowait())
-            except Empty:
-                pass
+            items = next_group(self._queue, self.max_group)
             pending = [i for i in items if isinstance(i, tuple)]
             if pending:
                 self._commit(pending)

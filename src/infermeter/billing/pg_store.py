@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 from typing import Any, TypeVar
 
 import psycopg
@@ -56,6 +56,7 @@ from infermeter.billing.reservations import (
     commitment_row,
 )
 from infermeter.billing.sqlite_store import _budget, _budget_text, _dt, _no_tenant, _secret_hash
+from infermeter.billing.sqlite_writer import next_group
 from infermeter.billing.store import (
     ApiKey,
     AppendCallback,
@@ -472,12 +473,7 @@ class PgStore:
     def _run(self) -> None:
         stop = False
         while not stop:
-            items = [self._queue.get()]
-            try:
-                while len(items) < self.max_group:
-                    items.append(self._queue.get_nowait())
-            except Empty:
-                pass
+            items = next_group(self._queue, self.max_group)
             pending = [i for i in items if isinstance(i, tuple)]
             try:
                 self._commit(pending)

@@ -37,6 +37,21 @@ SUBMIT, APPEND, CALL, FLUSH, STOP = range(5)
 _ROW = f"({', '.join('?' * len(COLUMNS))})"
 
 
+def next_group(queue: SimpleQueue[Any], cap: int) -> list[Any]:
+    """One group commit's items: block for the first, then take what is queued, up to ``cap``.
+
+    Every group-committing writer (this one, the outbox, the PostgreSQL store) drains its
+    queue this way.
+    """
+    items = [queue.get()]
+    try:
+        while len(items) < cap:
+            items.append(queue.get_nowait())
+    except Empty:
+        pass
+    return items
+
+
 class Waiter(Generic[T]):
     """A one-shot result slot a caller blocks on until the writer fills it."""
 
@@ -122,15 +137,9 @@ class Writer:
 
     # the loop -------------------------------------------------------------
     def _run(self) -> None:
-        get, get_nowait, cap = self.queue.get, self.queue.get_nowait, self.max_group
         stop = False
         while not stop:
-            items = [get()]
-            try:
-                while len(items) < cap:
-                    items.append(get_nowait())
-            except Empty:
-                pass
+            items = next_group(self.queue, self.max_group)
             try:
                 stop = self._process(items)
             except BaseException:  # never let the writer die: callers would hang forever
